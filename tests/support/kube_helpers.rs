@@ -1,0 +1,66 @@
+//! Helpers for tests that talk to the test bed's API server.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{Api, DynamicObject, PostParams};
+use kube::core::{ApiResource, GroupVersionKind};
+use kube::discovery;
+
+/// Creates a namespace with a unique name starting with `prefix` and returns its name.
+pub async fn namespace(client: &kube::Client, prefix: &str) -> String {
+    static SEQ: AtomicU32 = AtomicU32::new(0);
+    let name = format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    );
+    namespace_named(client, &name).await;
+    name
+}
+
+/// Parses one YAML document into a dynamic object.
+pub fn object(yaml: &str) -> DynamicObject {
+    serde_saphyr::from_str(yaml).unwrap_or_else(|e| panic!("bad YAML in test: {e}\n{yaml}"))
+}
+
+/// Creates a dynamic object in `namespace` through the API server; returns the server's
+/// answer, so a test can check how the server rejected it.
+pub async fn create(
+    client: &kube::Client,
+    namespace: &str,
+    obj: &DynamicObject,
+) -> Result<DynamicObject, kube::Error> {
+    let types = obj.types.as_ref().expect("object has apiVersion and kind");
+    let gvk = GroupVersionKind::try_from(types).expect("valid apiVersion");
+    let (ar, _) = discovery::pinned_kind(client, &gvk).await?;
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &ar);
+    api.create(&PostParams::default(), obj).await
+}
+
+/// The API resource for a kind of the `jit.portcullis.dev/v1alpha1` group.
+pub fn jit_resource(kind: &str) -> ApiResource {
+    ApiResource::from_gvk(&GroupVersionKind::gvk(
+        "jit.portcullis.dev",
+        "v1alpha1",
+        kind,
+    ))
+}
+
+/// Creates namespace `name` unless it exists.
+pub async fn namespace_named(client: &kube::Client, name: &str) {
+    let ns: Namespace = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {"name": name},
+    }))
+    .unwrap();
+    match Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 409 => {}
+        Err(e) => panic!("cannot create namespace {name}: {e}"),
+    }
+}

@@ -1,0 +1,399 @@
+//! The local test bed: etcd, a real kube-apiserver and moto's EC2 server on loopback.
+//!
+//! `scripts/testbed-setup` installs and caches the binaries (it is quick once cached);
+//! this module starts them on free ports, waits until they are ready and makes sure they
+//! die with the test process. One test bed serves every test of a test binary
+//! ([`Testbed::shared`]); each test works in its own namespace.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::sync::{Mutex, OnceLock, mpsc};
+use std::time::{Duration, Instant};
+
+use super::process::{free_port, log_tail, spawn_bound, wait_for_port};
+
+/// A user the API server knows by bearer token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct User {
+    /// The user name.
+    pub name: &'static str,
+    /// The bearer token.
+    pub token: &'static str,
+    /// The user's groups.
+    pub groups: &'static [&'static str],
+}
+
+/// The cluster admin (`system:masters`).
+pub const ADMIN: User = User {
+    name: "admin",
+    token: "admin-token",
+    groups: &["system:masters"],
+};
+/// An ordinary user in group `devs`.
+pub const ALICE: User = User {
+    name: "alice",
+    token: "alice-token",
+    groups: &["devs"],
+};
+/// Another ordinary user in group `devs`.
+pub const BOB: User = User {
+    name: "bob",
+    token: "bob-token",
+    groups: &["devs"],
+};
+/// Every user of the test bed.
+pub const USERS: [User; 3] = [ADMIN, ALICE, BOB];
+
+/// Where the test bed's binaries are.
+#[derive(Clone, Debug)]
+pub struct Binaries {
+    pub kube_apiserver: PathBuf,
+    pub etcd: PathBuf,
+    pub kubectl: PathBuf,
+    pub moto_server: PathBuf,
+}
+
+impl Binaries {
+    /// Runs `scripts/testbed-setup` (installs and builds what is missing, then prints the
+    /// paths) and reads its answer.
+    pub fn locate() -> Result<Self, String> {
+        let script = repo_root().join("scripts/testbed-setup");
+        let out = Command::new(&script)
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
+        if !out.status.success() {
+            return Err(format!("{} failed ({})", script.display(), out.status));
+        }
+        let vars: BTreeMap<String, String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let get = |k: &str| {
+            vars.get(k)
+                .map(PathBuf::from)
+                .ok_or_else(|| format!("{} did not print {k}", script.display()))
+        };
+        Ok(Binaries {
+            kube_apiserver: get("PORTCULLIS_KUBE_APISERVER")?,
+            etcd: get("PORTCULLIS_ETCD")?,
+            kubectl: get("PORTCULLIS_KUBECTL")?,
+            moto_server: get("PORTCULLIS_MOTO_SERVER")?,
+        })
+    }
+}
+
+/// The repository's root directory.
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A running test bed. Its processes are killed when the thread that started it ends.
+pub struct Testbed {
+    /// Scratch directory: logs, certificates, kubeconfigs.
+    pub dir: PathBuf,
+    /// The API server's URL.
+    pub apiserver_url: String,
+    /// moto's URL (what `AWS_ENDPOINT_URL` should be).
+    pub moto_url: String,
+    /// The binaries in use.
+    pub bins: Binaries,
+    children: Mutex<Vec<(String, Child)>>,
+    crds_installed: OnceLock<Result<(), String>>,
+}
+
+static SHARED: OnceLock<Testbed> = OnceLock::new();
+
+impl Testbed {
+    /// The test bed shared by all tests of this process, started on first use.
+    ///
+    /// It is started on a thread that never ends, because the kernel kills the children
+    /// when the thread that spawned them exits (and test threads do exit).
+    pub fn shared() -> &'static Testbed {
+        SHARED.get_or_init(|| {
+            let (tx, rx) = mpsc::channel();
+            std::thread::Builder::new()
+                .name("testbed-keeper".into())
+                .spawn(move || {
+                    tx.send(Testbed::start()).ok();
+                    loop {
+                        std::thread::park();
+                    }
+                })
+                .expect("cannot spawn the test bed's keeper thread");
+            match rx.recv() {
+                Ok(Ok(tb)) => tb,
+                Ok(Err(e)) => panic!("the test bed did not start: {e}"),
+                Err(_) => panic!("the test bed's keeper thread died"),
+            }
+        })
+    }
+
+    /// Starts a new test bed whose processes live as long as the calling thread.
+    pub fn start() -> Result<Testbed, String> {
+        let bins = Binaries::locate()?;
+        let dir = scratch_dir()?;
+        let started = Instant::now();
+        let tb = Testbed {
+            dir: dir.clone(),
+            apiserver_url: String::new(),
+            moto_url: String::new(),
+            bins,
+            children: Mutex::new(Vec::new()),
+            crds_installed: OnceLock::new(),
+        };
+        let tb = tb.start_moto()?.start_kubernetes()?;
+        eprintln!(
+            "test bed ready in {:.1}s: API server {}, moto {}, files in {}",
+            started.elapsed().as_secs_f64(),
+            tb.apiserver_url,
+            tb.moto_url,
+            tb.dir.display()
+        );
+        Ok(tb)
+    }
+
+    fn spawn(&self, name: &str, cmd: &mut Command) -> Result<PathBuf, String> {
+        let log = self.dir.join(format!("{name}.log"));
+        let child = spawn_bound(cmd, &log).map_err(|e| format!("cannot start {name}: {e}"))?;
+        self.children
+            .lock()
+            .unwrap()
+            .push((name.to_string(), child));
+        Ok(log)
+    }
+
+    fn start_moto(mut self) -> Result<Self, String> {
+        let port = free_port();
+        let log = self.spawn(
+            "moto",
+            Command::new(&self.bins.moto_server)
+                .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+                .env("MOTO_ALLOW_NONEXISTENT_REGION", "true"),
+        )?;
+        self.moto_url = format!("http://127.0.0.1:{port}");
+        wait_for_port("moto", port, Duration::from_secs(30), &log)?;
+        Ok(self)
+    }
+
+    fn start_kubernetes(mut self) -> Result<Self, String> {
+        let err = |what: &str, e: &dyn std::fmt::Display| format!("{what}: {e}");
+        // etcd keeps its data in memory-backed storage when the machine has it: fsync on
+        // a shared disk is what makes a test API server slow.
+        let etcd_data = match Path::new("/dev/shm").is_dir() {
+            true => PathBuf::from(format!("/dev/shm/portcullis-etcd-{}", std::process::id())),
+            false => self.dir.join("etcd-data"),
+        };
+        let (client_port, peer_port) = (free_port(), free_port());
+        let client_url = format!("http://127.0.0.1:{client_port}");
+        let peer_url = format!("http://127.0.0.1:{peer_port}");
+        let etcd_log = self.spawn(
+            "etcd",
+            Command::new(&self.bins.etcd).args([
+                "--name=testbed",
+                &format!("--data-dir={}", etcd_data.display()),
+                &format!("--listen-client-urls={client_url}"),
+                &format!("--advertise-client-urls={client_url}"),
+                &format!("--listen-peer-urls={peer_url}"),
+                &format!("--initial-advertise-peer-urls={peer_url}"),
+                &format!("--initial-cluster=testbed={peer_url}"),
+                "--log-level=warn",
+            ]),
+        )?;
+        wait_for_port("etcd", client_port, Duration::from_secs(30), &etcd_log)?;
+
+        let serving =
+            portcullis::certs::serving_cert("kube-apiserver", &["127.0.0.1", "localhost"])
+                .map_err(|e| err("cannot make the API server's certificate", &e))?;
+        let (sa_key, sa_pub) =
+            portcullis::certs::signing_key().map_err(|e| err("cannot make a key", &e))?;
+        let write = |name: &str, text: &str| -> Result<PathBuf, String> {
+            let p = self.dir.join(name);
+            std::fs::write(&p, text)
+                .map_err(|e| err(&format!("cannot write {}", p.display()), &e))?;
+            Ok(p)
+        };
+        write("ca.crt", &serving.ca_pem)?;
+        let cert = write("apiserver.crt", &serving.cert_pem)?;
+        let key = write("apiserver.key", &serving.key_pem)?;
+        let sa_key = write("sa.key", &sa_key)?;
+        let sa_pub = write("sa.pub", &sa_pub)?;
+        let tokens: String = USERS
+            .iter()
+            .map(|u| {
+                format!(
+                    "{},{},uid-{},\"{}\"\n",
+                    u.token,
+                    u.name,
+                    u.name,
+                    u.groups.join(",")
+                )
+            })
+            .collect();
+        let tokens = write("tokens.csv", &tokens)?;
+
+        let port = free_port();
+        let log = self.spawn(
+            "kube-apiserver",
+            Command::new(&self.bins.kube_apiserver).args([
+                &format!("--etcd-servers={client_url}"),
+                "--bind-address=127.0.0.1",
+                "--advertise-address=127.0.0.1",
+                &format!("--secure-port={port}"),
+                "--insecure-port=0",
+                &format!("--cert-dir={}", self.dir.join("certs").display()),
+                &format!("--tls-cert-file={}", cert.display()),
+                &format!("--tls-private-key-file={}", key.display()),
+                &format!("--token-auth-file={}", tokens.display()),
+                &format!("--service-account-key-file={}", sa_pub.display()),
+                &format!("--service-account-signing-key-file={}", sa_key.display()),
+                "--service-account-issuer=https://kubernetes.default.svc",
+                "--authorization-mode=RBAC",
+                "--service-cluster-ip-range=10.96.0.0/24",
+                "--v=1",
+            ]),
+        )?;
+        self.apiserver_url = format!("https://127.0.0.1:{port}");
+        for user in USERS {
+            write(
+                &format!("kubeconfig-{}", user.name),
+                &kubeconfig(&self.apiserver_url, &serving.ca_pem, user),
+            )?;
+        }
+        wait_for_port("kube-apiserver", port, Duration::from_secs(60), &log)?;
+        self.wait_ready(&log, Duration::from_secs(90))?;
+        Ok(self)
+    }
+
+    /// Polls `/readyz` with kubectl until the API server says it is ready.
+    fn wait_ready(&self, log: &Path, timeout: Duration) -> Result<(), String> {
+        let start = Instant::now();
+        let mut last = String::new();
+        while start.elapsed() < timeout {
+            let out = self
+                .kubectl(ADMIN)
+                .args(["get", "--raw", "/readyz"])
+                .output()
+                .map_err(|e| format!("cannot run kubectl: {e}"))?;
+            if out.status.success() {
+                return Ok(());
+            }
+            last = String::from_utf8_lossy(&out.stderr).into_owned();
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        Err(format!(
+            "kube-apiserver not ready within {timeout:?} (last answer: {last}); its log ends with:\n{}",
+            log_tail(log, 30)
+        ))
+    }
+
+    /// The kubeconfig file for `user`.
+    pub fn kubeconfig(&self, user: User) -> PathBuf {
+        self.dir.join(format!("kubeconfig-{}", user.name))
+    }
+
+    /// A kubectl command acting as `user`.
+    pub fn kubectl(&self, user: User) -> Command {
+        let mut cmd = Command::new(&self.bins.kubectl);
+        cmd.arg("--kubeconfig").arg(self.kubeconfig(user));
+        cmd
+    }
+
+    /// A kube client acting as `user`. Make one per test: a client belongs to the tokio
+    /// runtime it was made on.
+    pub async fn client(&self, user: User) -> kube::Client {
+        let kc = kube::config::Kubeconfig::read_from(self.kubeconfig(user))
+            .expect("the test bed's kubeconfig is readable");
+        let config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+            .await
+            .expect("the test bed's kubeconfig is valid");
+        kube::Client::try_from(config).expect("a kube client")
+    }
+
+    /// Installs the CRDs from `crds/` with `kubectl apply` (default validation) and waits
+    /// until they are Established. Done once per test bed.
+    pub fn install_crds(&self) -> Result<(), String> {
+        self.crds_installed
+            .get_or_init(|| {
+                let crds = repo_root().join("crds");
+                run(self.kubectl(ADMIN).arg("apply").arg("-f").arg(&crds))?;
+                run(self
+                    .kubectl(ADMIN)
+                    .args(["wait", "--for=condition=Established", "--timeout=60s", "-f"])
+                    .arg(&crds))?;
+                Ok(())
+            })
+            .clone()
+    }
+
+    /// Stops every process of this test bed (they also die with their thread).
+    pub fn stop(&self) {
+        for (_, child) in self.children.lock().unwrap().iter_mut() {
+            child.kill().ok();
+            child.wait().ok();
+        }
+    }
+}
+
+/// Runs a command; on failure returns its output as the error.
+pub fn run(cmd: &mut Command) -> Result<String, String> {
+    let out = cmd
+        .output()
+        .map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    if out.status.success() {
+        Ok(stdout)
+    } else {
+        Err(format!(
+            "{cmd:?} failed ({}):\n{stdout}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+fn kubeconfig(server: &str, ca_pem: &str, user: User) -> String {
+    use base64::Engine;
+    use std::fmt::Write;
+    let ca = base64::engine::general_purpose::STANDARD.encode(ca_pem);
+    let mut s = String::new();
+    writeln!(s, "apiVersion: v1\nkind: Config").unwrap();
+    writeln!(s, "clusters:\n- name: testbed\n  cluster:\n    server: {server}\n    certificate-authority-data: {ca}").unwrap();
+    writeln!(
+        s,
+        "users:\n- name: {0}\n  user:\n    token: {1}",
+        user.name, user.token
+    )
+    .unwrap();
+    writeln!(
+        s,
+        "contexts:\n- name: {0}@testbed\n  context:\n    cluster: testbed\n    user: {0}",
+        user.name
+    )
+    .unwrap();
+    writeln!(s, "current-context: {}@testbed", user.name).unwrap();
+    s
+}
+
+/// A fresh scratch directory for this process; leftovers of dead runs are removed.
+fn scratch_dir() -> Result<PathBuf, String> {
+    let base = std::env::temp_dir().join("portcullis-testbed");
+    std::fs::create_dir_all(&base).map_err(|e| format!("cannot create {}: {e}", base.display()))?;
+    if let Ok(entries) = std::fs::read_dir(&base) {
+        for e in entries.flatten() {
+            let pid = e.file_name().to_string_lossy().parse::<u32>().ok();
+            if let Some(pid) = pid
+                && !Path::new(&format!("/proc/{pid}")).exists()
+            {
+                std::fs::remove_dir_all(e.path()).ok();
+                std::fs::remove_dir_all(format!("/dev/shm/portcullis-etcd-{pid}")).ok();
+            }
+        }
+    }
+    let dir = base.join(std::process::id().to_string());
+    std::fs::remove_dir_all(&dir).ok();
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    Ok(dir)
+}
