@@ -1,0 +1,16 @@
+//! The pure core: the rule model, validation, `desired()` and `plan()`.
+//!
+//! Nothing here does I/O or knows Kubernetes or a cloud SDK; time is an argument. The
+//! controller parses resources into these types, asks for the desired state and a plan,
+//! and hands the plan to a cloud backend.
+
+pub mod desired;
+pub mod duration;
+pub mod model;
+pub mod plan;
+pub mod stamp;
+pub mod validate;
+
+pub use desired::{Desired, PortOutcome, RequestOutcome, TargetDesired, desired};
+pub use model::*;
+pub use plan::{Change, Plan, plan};
