@@ -3,4 +3,9 @@
 
 pub mod api;
 pub mod certs;
+pub mod cloud;
+pub mod controller;
 pub mod domain;
+pub mod http;
+pub mod metrics;
+pub mod telemetry;

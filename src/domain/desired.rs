@@ -98,7 +98,10 @@ pub fn desired(policies: &[Policy], requests: &[Request], now: Timestamp) -> Des
             policy: policy_key,
             target: r.target.clone(),
         };
-        let granted_at = r.granted_at.unwrap_or(now);
+        // Grants start on a whole second: stamps and Kubernetes times carry seconds.
+        let granted_at = r
+            .granted_at
+            .unwrap_or_else(|| Timestamp::from_second(now.as_second()).unwrap_or(now));
         let mut ports = Vec::with_capacity(r.ports.len());
         for (i, port) in r.ports.iter().enumerate() {
             let expires_at = r.expiry(i, granted_at);

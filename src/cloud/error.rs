@@ -1,0 +1,78 @@
+//! Cloud errors, classified the way the controller must react to them.
+
+use std::time::Duration;
+
+/// A cloud call that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CloudError {
+    /// The cloud asked us to slow down; retry after a while.
+    #[error("{op}: throttled ({code}): {message}")]
+    Throttled {
+        /// The API operation.
+        op: &'static str,
+        /// The cloud's error code.
+        code: String,
+        /// The cloud's message.
+        message: String,
+        /// How long the cloud asked us to wait, when it said.
+        retry_after: Option<Duration>,
+    },
+    /// A passing fault (5xx, a timeout, a concurrent change); retry with backoff.
+    #[error("{op}: {code}: {message}")]
+    Retryable {
+        /// The API operation.
+        op: &'static str,
+        /// The cloud's error code, or the kind of transport failure.
+        code: String,
+        /// What happened.
+        message: String,
+    },
+    /// The target (VM, instance, interface) does not exist.
+    #[error("{what} not found ({code}): {message}")]
+    NotFound {
+        /// What is missing.
+        what: String,
+        /// The cloud's error code.
+        code: String,
+        /// The cloud's message.
+        message: String,
+    },
+    /// A cloud limit stops the change (groups per interface, rules per group, …).
+    #[error("{op}: limit reached ({code}): {message}")]
+    Limit {
+        /// The API operation.
+        op: &'static str,
+        /// The cloud's error code.
+        code: String,
+        /// What to do about it.
+        message: String,
+    },
+    /// Anything else: retrying will not help until something changes.
+    #[error("{op}: {code}: {message}")]
+    Fatal {
+        /// The API operation.
+        op: &'static str,
+        /// The cloud's error code.
+        code: String,
+        /// The cloud's message.
+        message: String,
+    },
+}
+
+impl CloudError {
+    /// A static label for metrics and events.
+    pub fn category(&self) -> &'static str {
+        match self {
+            CloudError::Throttled { .. } => "throttled",
+            CloudError::Retryable { .. } => "retryable",
+            CloudError::NotFound { .. } => "not_found",
+            CloudError::Limit { .. } => "limit",
+            CloudError::Fatal { .. } => "fatal",
+        }
+    }
+
+    /// Whether retrying the same thing later may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, CloudError::Throttled { .. } | CloudError::Retryable { .. })
+    }
+}

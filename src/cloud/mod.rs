@@ -1,0 +1,122 @@
+//! Cloud backends behind one trait. Never imports `kube`.
+//!
+//! A backend resolves a target (VM → interfaces → security groups / NSGs), reports the
+//! rules it sees in the domain model, makes the changes of a plan, and sweeps owned rules
+//! whose time is up or whose owner is gone.
+
+pub mod aws;
+pub mod error;
+
+use std::collections::BTreeSet;
+
+use async_trait::async_trait;
+use jiff::Timestamp;
+
+pub use error::CloudError;
+
+use crate::domain::{Locator, Observed, Plan, TargetKey};
+
+/// One network interface of a target, as resolved.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Interface {
+    /// The interface id (AWS ENI id, Azure NIC id).
+    pub id: String,
+    /// The security groups attached to it that the operator does not own (AWS).
+    pub groups: Vec<String>,
+    /// Every group attached to it, in order, owned ones included (AWS).
+    pub attached: Vec<String>,
+    /// The operator's group for this interface and target, when it exists (AWS).
+    pub owned_group: Option<String>,
+    /// Its private addresses.
+    pub private_ips: Vec<String>,
+}
+
+/// What a backend resolved for a target: recorded in the policy's status.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Resolved {
+    /// The network the VM is in (AWS VPC id).
+    pub network: Option<String>,
+    /// The VM's network interfaces.
+    pub interfaces: Vec<Interface>,
+    /// The NSGs that guard the VM (Azure).
+    pub nsg_ids: Vec<String>,
+    /// The firewall in front of the VM (Azure).
+    pub firewall_id: Option<String>,
+}
+
+impl Resolved {
+    /// Every private address of the VM.
+    pub fn private_ips(&self) -> Vec<String> {
+        self.interfaces
+            .iter()
+            .flat_map(|i| i.private_ips.iter().cloned())
+            .collect()
+    }
+}
+
+/// A target as a backend saw it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Observation {
+    /// The rules, in the domain model.
+    pub observed: Observed,
+    /// What was resolved.
+    pub resolved: Resolved,
+    /// Owned containers need tidying (an empty or stray owned group) even when the plan
+    /// is empty: call `apply` anyway.
+    pub housekeeping: bool,
+}
+
+/// What a sweep may keep.
+#[derive(Clone, Debug, Default)]
+pub struct Live {
+    /// Owner ids ([`crate::domain::stamp::owner_id`]) of requests that may hold rules.
+    pub requests: BTreeSet<String>,
+    /// Targets of existing policies ([`target_id`]).
+    pub targets: BTreeSet<String>,
+    /// AWS regions to look in.
+    pub aws_regions: BTreeSet<String>,
+}
+
+/// What a sweep removed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SweepReport {
+    /// Owned rules removed because their stamp expired.
+    pub expired: usize,
+    /// Owned rules removed because their owner is gone.
+    pub orphaned: usize,
+    /// Owned groups deleted.
+    pub groups_deleted: usize,
+}
+
+/// The id that names a policy target in cloud tags: `namespace/policy/target`, shortened
+/// with a hash when long.
+pub fn target_id(target: &TargetKey) -> String {
+    let full = format!("{}/{}/{}", target.policy.namespace, target.policy.name, target.target);
+    if full.len() <= 200 {
+        full
+    } else {
+        format!("{}#{}", &full[..180], crate::domain::stamp::short_hash(&full))
+    }
+}
+
+/// A cloud backend.
+#[async_trait]
+pub trait Backend: Send + Sync {
+    /// Resolves a target and reads the rules that concern it. Reads only.
+    async fn observe(&self, target: &TargetKey, locator: &Locator)
+    -> Result<Observation, CloudError>;
+
+    /// Makes a plan's changes in order, stopping at the first error. Idempotent: a change
+    /// already made (a duplicate rule, a rule already gone) counts as done.
+    async fn apply(
+        &self,
+        target: &TargetKey,
+        locator: &Locator,
+        observation: &Observation,
+        plan: &Plan,
+    ) -> Result<(), CloudError>;
+
+    /// Removes owned rules whose stamp expired at `now` or whose owner is not live, and
+    /// owned groups of targets that are gone.
+    async fn sweep(&self, now: Timestamp, live: &Live) -> Result<SweepReport, CloudError>;
+}

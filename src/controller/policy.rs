@@ -1,0 +1,643 @@
+//! The `JitPolicy` reconcile: gather → validate → desire → per target observe, plan,
+//! record, apply, verify → status for the policy and its requests.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event as KubeEvent, EventType};
+use kube::runtime::finalizer::{Event, finalizer};
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+use tracing::{info, instrument, warn};
+
+use super::convert::{self, time};
+use super::{Context, Error, FINALIZER, MANAGER};
+use crate::api::conditions::{self, CONFLICT, DEGRADED, READY, RECONCILING, STALLED, UNSUPPORTED};
+use crate::api::policy::TargetStatus;
+use crate::api::{AccessRequest, AccessRequestStatus, JitPolicy, JitPolicyStatus, Phase, PortStatus};
+use crate::cloud::{CloudError, Observation};
+use crate::domain::validate::{self, FieldError};
+use crate::domain::{
+    Change, ForeignRuleSpec, ObjectKey, OwnedRule, PortSpec, PortState, Request, TargetDesired,
+    desired, plan, stamp,
+};
+use crate::metrics;
+
+/// Reconciles one policy; the finalizer is its only top-level step.
+#[instrument(skip_all, fields(policy = %format!("{}/{}", policy.namespace().unwrap_or_default(), policy.name_any())))]
+pub async fn reconcile(policy: Arc<JitPolicy>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let ns = policy.namespace().unwrap_or_default();
+    let api: Api<JitPolicy> = ctx.api(&ns);
+    let result = finalizer(&api, FINALIZER, policy, |event| async {
+        match event {
+            Event::Apply(p) => converge(&p, &ctx, false).await,
+            Event::Cleanup(p) => converge(&p, &ctx, true).await,
+        }
+    })
+    .await
+    .map_err(|e| match e {
+        kube::runtime::finalizer::Error::ApplyFailed(e) | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
+        other => Error::Finalizer(other.to_string()),
+    });
+    metrics::reconcile("jitpolicy", match &result {
+        Ok(_) => "ok",
+        Err(e) => e.category(),
+    });
+    result
+}
+
+/// Requeues failed reconciles with backoff and jitter.
+pub fn error_policy(_policy: Arc<JitPolicy>, err: &Error, _ctx: Arc<Context>) -> Action {
+    Action::requeue(super::retry_after(err))
+}
+
+/// What happened to one target in this reconcile.
+struct TargetResult {
+    observation: Option<Observation>,
+    converged: bool,
+    error: Option<TargetError>,
+    drift: u64,
+}
+
+enum TargetError {
+    Cloud(CloudError),
+    Unsupported(String),
+}
+
+impl TargetError {
+    fn message(&self) -> String {
+        match self {
+            TargetError::Cloud(e) => e.to_string(),
+            TargetError::Unsupported(m) => m.clone(),
+        }
+    }
+}
+
+/// A request of this policy, parsed or not.
+struct Gathered {
+    object: Arc<AccessRequest>,
+    parsed: Result<Request, Vec<FieldError>>,
+}
+
+async fn converge(policy: &JitPolicy, ctx: &Context, deleting: bool) -> Result<Action, Error> {
+    let now = ctx.now();
+    let ns = policy.namespace().unwrap_or_default();
+    let name = policy.name_any();
+    let key = ObjectKey::new(&ns, &name);
+    let generation = policy.metadata.generation;
+    let old_status = policy.status.clone().unwrap_or_default();
+    let mut status = old_status.clone();
+    status.observed_generation = generation;
+    let api: Api<JitPolicy> = ctx.api(&ns);
+
+    // Validate.
+    let parsed = match validate::policy(key.clone(), &policy.spec, deleting) {
+        Ok(p) => p,
+        Err(errors) => {
+            let message = validate::join(&errors);
+            warn!(%message, "policy spec is invalid");
+            set_conditions(&mut status, generation, ctx, Outcome::Stalled("InvalidSpec", message.clone()));
+            write_policy_status(&api, &name, &old_status, &status).await?;
+            if deleting {
+                if status.targets.iter().all(|t| t.revoked_rules.is_empty()) {
+                    return Ok(Action::await_change());
+                }
+                return Err(Error::CleanupPending(format!("the spec must parse to restore revoked rules: {message}")));
+            }
+            return Ok(Action::requeue(ctx.settings.resync));
+        }
+    };
+
+    // Gather this policy's requests from the cache.
+    let gathered: Vec<Gathered> = ctx
+        .requests
+        .state()
+        .into_iter()
+        .filter(|r| r.namespace().as_deref() == Some(&ns) && r.spec.policy_ref.name == name)
+        .map(|r| {
+            let ports: Vec<i32> = r.spec.ports.iter().map(|p| p.port).collect();
+            let recorded = convert::recorded(r.status.as_ref(), &ports);
+            let created = r.metadata.creation_timestamp.as_ref().map(|t| t.0).unwrap_or(now);
+            let parsed = validate::request(
+                ObjectKey::new(&ns, r.name_any()),
+                &r.spec,
+                Some(&parsed),
+                created,
+                r.metadata.deletion_timestamp.is_some(),
+                recorded,
+            );
+            Gathered { object: r, parsed }
+        })
+        .collect();
+    let valid: Vec<Request> = gathered.iter().filter_map(|g| g.parsed.as_ref().ok().cloned()).collect();
+    let want = desired(std::slice::from_ref(&parsed), &valid, now);
+
+    // Record new grants (and hold requests with a finalizer) before any cloud call, so a
+    // crash never leaves a rule whose expiry nobody knows.
+    for g in &gathered {
+        let Ok(r) = &g.parsed else { continue };
+        let outcome = &want.requests[&r.key];
+        let opening = outcome.ports.iter().any(|p| p.state == PortState::Active);
+        if opening && g.object.metadata.deletion_timestamp.is_none() && !g.object.finalizers().iter().any(|f| f == FINALIZER) {
+            add_finalizer(ctx, &g.object).await?;
+        }
+        if opening && r.granted_at.is_none() {
+            let mut s = g.object.status.clone().unwrap_or_default();
+            s.granted_at = outcome.granted_at.map(time);
+            s.expires_at = outcome.expires_at().map(time);
+            s.phase = Some(Phase::Pending);
+            write_request_status(ctx, &g.object, &s).await?;
+        }
+    }
+
+    // Per target: observe, plan, record, apply, verify.
+    let active_before: BTreeSet<(ObjectKey, PortSpec)> = valid
+        .iter()
+        .flat_map(|r| {
+            r.ports
+                .iter()
+                .zip(&r.recorded)
+                .filter(|(_, s)| **s == Some(PortState::Active))
+                .map(|(p, _)| (r.key.clone(), p.spec))
+        })
+        .collect();
+    let mut results: BTreeMap<String, TargetResult> = BTreeMap::new();
+    for td in want.targets.values() {
+        let result = reconcile_target(ctx, &api, &name, &old_status, &mut status, td, &active_before).await;
+        results.insert(td.key.target.clone(), result);
+    }
+
+    // The policy's status.
+    let mut drift_total = 0;
+    for td in want.targets.values() {
+        let r = &results[&td.key.target];
+        let entry = target_status(&mut status, &td.key.target);
+        if let Some(obs) = &r.observation {
+            let res = &obs.resolved;
+            entry.private_ips = res.private_ips();
+            entry.network_interface_ids = res.interfaces.iter().map(|i| i.id.clone()).collect();
+            entry.security_group_ids = dedup(res.interfaces.iter().flat_map(|i| i.groups.iter().cloned()));
+            entry.owned_security_group_ids = dedup(res.interfaces.iter().filter_map(|i| i.owned_group.clone()));
+            entry.nsg_ids = res.nsg_ids.clone();
+            entry.firewall_id = res.firewall_id.clone();
+        }
+        entry.baseline = Some(
+            match (&r.error, r.converged) {
+                (None, true) if td.baseline.is_empty() => "Lifted",
+                (None, true) => "Enforced",
+                (Some(_), _) => "Failed",
+                _ => "Pending",
+            }
+            .to_string(),
+        );
+        if r.converged && r.error.is_none() {
+            entry.last_converge_time = Some(time(now));
+        }
+        entry.drift_corrections += r.drift as i64;
+        drift_total += r.drift;
+    }
+    let wanted: BTreeSet<&String> = want.targets.values().map(|t| &t.key.target).collect();
+    status.targets.retain(|t| wanted.contains(&t.name) || !t.revoked_rules.is_empty());
+    let outcome = policy_outcome(&results);
+    set_conditions(&mut status, generation, ctx, outcome);
+    write_policy_status(&api, &name, &old_status, &status).await?;
+    if drift_total > 0 {
+        publish(ctx, policy, EventType::Warning, "DriftCorrected", format!("put {drift_total} drifted rule(s) right")).await;
+    }
+
+    // The requests' statuses.
+    for g in &gathered {
+        settle_request(ctx, g, &want, &results, now).await?;
+    }
+
+    let all_converged = results.values().all(|r| r.converged && r.error.is_none());
+    if deleting {
+        if all_converged {
+            info!("policy cleanup done");
+            return Ok(Action::await_change());
+        }
+        return Err(Error::CleanupPending("cloud state not yet restored".into()));
+    }
+    let mut next = ctx.settings.resync;
+    if let Some(at) = want.next_expiry {
+        let until = Duration::try_from(at.duration_since(ctx.now())).unwrap_or(Duration::ZERO);
+        // Wake just after the expiry instant: desired() treats `expires_at <= now` as over.
+        next = next.min(until + Duration::from_millis(5));
+    }
+    if !all_converged {
+        next = next.min(Duration::from_secs(2));
+    }
+    Ok(Action::requeue(next))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn reconcile_target(
+    ctx: &Context,
+    api: &Api<JitPolicy>,
+    name: &str,
+    old_status: &JitPolicyStatus,
+    status: &mut JitPolicyStatus,
+    td: &TargetDesired,
+    active_before: &BTreeSet<(ObjectKey, PortSpec)>,
+) -> TargetResult {
+    let fail = |error: TargetError, observation: Option<Observation>| TargetResult {
+        observation,
+        converged: false,
+        error: Some(error),
+        drift: 0,
+    };
+    let backend = match ctx.backends.for_locator(&td.locator) {
+        Ok(b) => b.clone(),
+        Err(m) => return fail(TargetError::Unsupported(m), None),
+    };
+    let prev = old_status.targets.iter().find(|t| t.name == td.key.target);
+    let mut recorded: BTreeSet<ForeignRuleSpec> = prev
+        .map(|t| t.revoked_rules.iter().map(convert::revoked_from_api).collect())
+        .unwrap_or_default();
+    let obs = match backend.observe(&td.key, &td.locator).await {
+        Ok(o) => o,
+        Err(e) => return fail(TargetError::Cloud(e), None),
+    };
+    let rec_vec: Vec<ForeignRuleSpec> = recorded.iter().cloned().collect();
+    let p = plan(td, &obs.observed, &rec_vec);
+    if p.is_empty() && !obs.housekeeping {
+        return TargetResult {
+            observation: Some(obs),
+            converged: true,
+            error: None,
+            drift: 0,
+        };
+    }
+    info!(target = %td.key, changes = p.changes.len(), "applying plan");
+
+    // Record what the baseline revokes before revoking it.
+    let revoking: Vec<ForeignRuleSpec> = p
+        .changes
+        .iter()
+        .filter_map(|c| match c {
+            Change::RevokeForeign(r) => Some(r.spec.clone()),
+            _ => None,
+        })
+        .collect();
+    if revoking.iter().any(|s| !recorded.contains(s)) {
+        recorded.extend(revoking.iter().cloned());
+        target_status(status, &td.key.target).revoked_rules = recorded.iter().map(convert::revoked_to_api).collect();
+        if let Err(e) = write_policy_status(api, name, old_status, status).await {
+            warn!(error = %e, "cannot record revocations; not revoking");
+            return fail(TargetError::Cloud(CloudError::Retryable { op: "record", code: "Kubernetes".into(), message: e.to_string() }), Some(obs));
+        }
+    }
+
+    if let Err(e) = backend.apply(&td.key, &td.locator, &obs, &p).await {
+        warn!(error = %e, "apply failed");
+        return fail(TargetError::Cloud(e), Some(obs));
+    }
+    for c in &p.changes {
+        if let Change::RestoreForeign(s) | Change::Unrecord(s) = c {
+            recorded.remove(s);
+        }
+    }
+    target_status(status, &td.key.target).revoked_rules = recorded.iter().map(convert::revoked_to_api).collect();
+
+    // Drift: changes to things that were already in place before.
+    let baseline_was_enforced = prev.and_then(|t| t.baseline.as_deref()) == Some("Enforced");
+    let drift = p
+        .changes
+        .iter()
+        .filter(|c| match c {
+            Change::RevokeForeign(_) => baseline_was_enforced,
+            Change::CreateGrant { grant, .. } => active_before.contains(&(grant.request.clone(), grant.port)),
+            _ => false,
+        })
+        .count() as u64;
+    if drift > 0 {
+        metrics::drift(if baseline_was_enforced { "baseline" } else { "grant" }, drift);
+        warn!(target = %td.key, drift, "corrected drift");
+    }
+
+    // Verify: the cloud now matches.
+    let rec_vec: Vec<ForeignRuleSpec> = recorded.iter().cloned().collect();
+    match backend.observe(&td.key, &td.locator).await {
+        Ok(after) => TargetResult {
+            converged: plan(td, &after.observed, &rec_vec).is_empty(),
+            observation: Some(after),
+            error: None,
+            drift,
+        },
+        Err(e) => TargetResult {
+            observation: Some(obs),
+            converged: false,
+            error: Some(TargetError::Cloud(e)),
+            drift,
+        },
+    }
+}
+
+fn dedup(it: impl Iterator<Item = String>) -> Vec<String> {
+    let mut seen = BTreeSet::new();
+    it.filter(|s| seen.insert(s.clone())).collect()
+}
+
+fn target_status<'a>(status: &'a mut JitPolicyStatus, name: &str) -> &'a mut TargetStatus {
+    if let Some(i) = status.targets.iter().position(|t| t.name == name) {
+        return &mut status.targets[i];
+    }
+    status.targets.push(TargetStatus {
+        name: name.to_string(),
+        ..TargetStatus::default()
+    });
+    status.targets.last_mut().expect("just pushed")
+}
+
+/// How the policy stands after this reconcile.
+enum Outcome {
+    Ready,
+    Progressing(String),
+    Stalled(&'static str, String),
+    Partial { reason: &'static str, message: String, extra: Option<&'static str> },
+}
+
+fn policy_outcome(results: &BTreeMap<String, TargetResult>) -> Outcome {
+    let failing: Vec<(&String, &TargetError)> = results.iter().filter_map(|(n, r)| r.error.as_ref().map(|e| (n, e))).collect();
+    if failing.is_empty() {
+        if results.values().all(|r| r.converged) {
+            return Outcome::Ready;
+        }
+        return Outcome::Progressing("waiting for the cloud state to match".into());
+    }
+    let message = failing.iter().map(|(n, e)| format!("target {n}: {}", e.message())).collect::<Vec<_>>().join("; ");
+    let transient = failing.iter().all(|(_, e)| matches!(e, TargetError::Cloud(c) if c.is_transient()));
+    if transient {
+        return Outcome::Progressing(message);
+    }
+    let extra = failing.iter().find_map(|(_, e)| match e {
+        TargetError::Unsupported(_) => Some(UNSUPPORTED),
+        TargetError::Cloud(CloudError::Limit { .. }) => Some(CONFLICT),
+        _ => None,
+    });
+    let reason = match failing.iter().find_map(|(_, e)| match e {
+        TargetError::Cloud(c) => Some(c.category()),
+        TargetError::Unsupported(_) => None,
+    }) {
+        Some("not_found") => "TargetNotFound",
+        Some("limit") => "LimitReached",
+        Some(_) => "CloudError",
+        None => "Unsupported",
+    };
+    if failing.len() < results.len() {
+        return Outcome::Partial { reason, message, extra: Some(extra.unwrap_or(DEGRADED)) };
+    }
+    Outcome::Partial { reason, message, extra }
+}
+
+fn set_conditions(status: &mut JitPolicyStatus, generation: Option<i64>, ctx: &Context, outcome: Outcome) {
+    let now = time(ctx.now());
+    let c = &mut status.conditions;
+    let set = |c: &mut Vec<Condition>, kind: &str, on: bool, reason: &str, message: &str| {
+        conditions::set(c, kind, on, reason, message, generation, now.clone());
+    };
+    match outcome {
+        Outcome::Ready => {
+            set(c, READY, true, "Converged", "every target matches the policy");
+            set(c, RECONCILING, false, "Converged", "");
+            set(c, STALLED, false, "Converged", "");
+            for k in [CONFLICT, UNSUPPORTED, DEGRADED] {
+                if c.iter().any(|x| x.type_ == k) {
+                    set(c, k, false, "Resolved", "");
+                }
+            }
+        }
+        Outcome::Progressing(m) => {
+            set(c, READY, false, "Reconciling", &m);
+            set(c, RECONCILING, true, "Reconciling", &m);
+            set(c, STALLED, false, "Reconciling", "");
+        }
+        Outcome::Stalled(reason, m) => {
+            set(c, READY, false, reason, &m);
+            set(c, RECONCILING, false, reason, "");
+            set(c, STALLED, true, reason, &m);
+        }
+        Outcome::Partial { reason, message, extra } => {
+            set(c, READY, false, reason, &message);
+            set(c, RECONCILING, false, reason, "");
+            set(c, STALLED, true, reason, &message);
+            if let Some(k) = extra {
+                set(c, k, true, reason, &message);
+            }
+        }
+    }
+}
+
+async fn write_policy_status(api: &Api<JitPolicy>, name: &str, old: &JitPolicyStatus, new: &JitPolicyStatus) -> Result<(), kube::Error> {
+    if old == new {
+        return Ok(());
+    }
+    let patch = json!({"apiVersion": "jit.portcullis.dev/v1alpha1", "kind": "JitPolicy", "status": new});
+    api.patch_status(name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch)).await?;
+    Ok(())
+}
+
+/// Writes a request's status (server-side apply, only when it changed).
+pub(super) async fn write_request_status(ctx: &Context, req: &AccessRequest, new: &AccessRequestStatus) -> Result<(), kube::Error> {
+    if req.status.as_ref() == Some(new) {
+        return Ok(());
+    }
+    let api: Api<AccessRequest> = ctx.api(&req.namespace().unwrap_or_default());
+    let patch = json!({"apiVersion": "jit.portcullis.dev/v1alpha1", "kind": "AccessRequest", "status": new});
+    match api.patch_status(&req.name_any(), &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch)).await {
+        Ok(_) => Ok(()),
+        // Deleted meanwhile: nothing left to record.
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+async fn add_finalizer(ctx: &Context, req: &AccessRequest) -> Result<(), kube::Error> {
+    let api: Api<AccessRequest> = ctx.api(&req.namespace().unwrap_or_default());
+    let mut finalizers = req.finalizers().to_vec();
+    finalizers.push(FINALIZER.to_string());
+    let patch = json!({"metadata": {"finalizers": finalizers, "resourceVersion": req.resource_version()}});
+    api.patch(&req.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    Ok(())
+}
+
+/// Removes the request's finalizer.
+pub(super) async fn remove_finalizer(ctx: &Context, req: &AccessRequest) -> Result<(), kube::Error> {
+    if !req.finalizers().iter().any(|f| f == FINALIZER) {
+        return Ok(());
+    }
+    let api: Api<AccessRequest> = ctx.api(&req.namespace().unwrap_or_default());
+    let finalizers: Vec<&String> = req.finalizers().iter().filter(|f| *f != FINALIZER).collect();
+    let patch = json!({"metadata": {"finalizers": finalizers, "resourceVersion": req.resource_version()}});
+    match api.patch(&req.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Publishes an event about `obj`; failures are logged, never fatal.
+pub(super) async fn publish<K: Resource<DynamicType = ()>>(ctx: &Context, obj: &K, type_: EventType, reason: &str, note: String) {
+    let ev = KubeEvent {
+        type_,
+        reason: reason.to_string(),
+        note: Some(note.chars().take(1000).collect()),
+        action: reason.to_string(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&ev, &obj.object_ref(&())).await {
+        warn!(error = %e, reason, "cannot publish event");
+    }
+}
+
+/// The phase a request's ports add up to.
+pub(super) fn phase_of(ports: &[PortStatus]) -> Phase {
+    let states: Vec<Phase> = ports.iter().map(|p| p.state).collect();
+    if states.contains(&Phase::Active) {
+        Phase::Active
+    } else if states.contains(&Phase::Pending) {
+        Phase::Pending
+    } else if !states.is_empty() && states.iter().all(|s| *s == Phase::Expired) {
+        Phase::Expired
+    } else if !states.is_empty() && states.iter().all(|s| *s == Phase::Denied) {
+        Phase::Denied
+    } else if states.contains(&Phase::Failed) {
+        Phase::Failed
+    } else {
+        Phase::Revoked
+    }
+}
+
+/// Sets a request's conditions from its phase.
+pub(super) fn request_conditions(s: &mut AccessRequestStatus, generation: Option<i64>, ctx: &Context) {
+    let now = time(ctx.now());
+    let phase = s.phase.unwrap_or(Phase::Pending);
+    let message = s.message.clone().unwrap_or_default();
+    let reason = format!("{phase:?}");
+    let (ready, reconciling, stalled) = match phase {
+        Phase::Pending => (false, true, false),
+        Phase::Active | Phase::Expired | Phase::Revoked => (true, false, false),
+        Phase::Denied | Phase::Failed => (false, false, true),
+    };
+    for (kind, on) in [(READY, ready), (RECONCILING, reconciling), (STALLED, stalled)] {
+        conditions::set(&mut s.conditions, kind, on, &reason, if on { &message } else { "" }, generation, now.clone());
+    }
+}
+
+async fn settle_request(
+    ctx: &Context,
+    g: &Gathered,
+    want: &crate::domain::Desired,
+    results: &BTreeMap<String, TargetResult>,
+    now: jiff::Timestamp,
+) -> Result<(), Error> {
+    let req = &g.object;
+    let old = req.status.clone().unwrap_or_default();
+    let mut s = old.clone();
+    s.observed_generation = req.metadata.generation;
+    let deleting = req.metadata.deletion_timestamp.is_some();
+    let target_done = results.get(&req.spec.target).is_some_and(|r| r.converged && r.error.is_none());
+    match &g.parsed {
+        Err(errors) => {
+            let granted = old.granted_at.is_some();
+            s.ports = req
+                .spec
+                .ports
+                .iter()
+                .enumerate()
+                .map(|(i, p)| {
+                    let prev = old.ports.get(i).filter(|x| x.port == p.port);
+                    match prev {
+                        Some(x) if matches!(x.state, Phase::Expired | Phase::Revoked | Phase::Denied | Phase::Failed) => x.clone(),
+                        _ => PortStatus {
+                            port: p.port,
+                            state: if granted { Phase::Revoked } else { Phase::Denied },
+                            reason: granted.then_some(crate::api::PortReason::PolicyChanged),
+                            expires_at: prev.and_then(|x| x.expires_at.clone()),
+                            rule_ids: Vec::new(),
+                            connection: None,
+                        },
+                    }
+                })
+                .collect();
+            s.message = Some(validate::join(errors));
+        }
+        Ok(r) => {
+            let outcome = &want.requests[&r.key];
+            let owned: Vec<&OwnedRule> = results
+                .get(&r.target)
+                .and_then(|t| t.observation.as_ref())
+                .map(|o| o.observed.owned.iter().collect())
+                .unwrap_or_default();
+            let owner = stamp::owner_id(&r.key);
+            s.granted_at = outcome.granted_at.map(time).or(s.granted_at);
+            s.expires_at = outcome.expires_at().map(time);
+            s.ports = r
+                .ports
+                .iter()
+                .zip(&outcome.ports)
+                .map(|(p, o)| {
+                    let rule_ids: Vec<String> = owned
+                        .iter()
+                        .filter(|x| x.stamp.owner == owner && x.port == p.spec && x.source == Some(p.source))
+                        .flat_map(|x| x.cloud_id.split(',').map(str::to_string))
+                        .collect();
+                    let state = match o.state {
+                        // Open only once the cloud says so.
+                        PortState::Active if !(target_done && !rule_ids.is_empty()) => PortState::Pending,
+                        s => s,
+                    };
+                    let (phase, reason) = convert::port_state_to_api(state);
+                    PortStatus {
+                        port: i32::from(p.spec.port.get()),
+                        state: phase,
+                        reason,
+                        expires_at: o.expires_at.map(time),
+                        rule_ids: if phase == Phase::Active { rule_ids } else { Vec::new() },
+                        connection: None,
+                    }
+                })
+                .collect();
+            s.message = Some(match phase_of(&s.ports) {
+                Phase::Active => format!("open until {}", outcome.expires_at().map(|t| t.to_string()).unwrap_or_default()),
+                Phase::Pending => "opening".to_string(),
+                Phase::Expired => "closed: the grant expired".to_string(),
+                Phase::Revoked => "closed before its time".to_string(),
+                Phase::Denied | Phase::Failed => s.message.clone().unwrap_or_default(),
+            });
+        }
+    }
+    s.phase = Some(phase_of(&s.ports));
+    request_conditions(&mut s, req.metadata.generation, ctx);
+    let _ = now;
+    write_request_status(ctx, req, &s).await?;
+    announce(ctx, req, &old, &s).await;
+
+    // A deleted request lets go once nothing of it is open.
+    let all_closed = s.ports.iter().all(|p| p.state != Phase::Active && p.state != Phase::Pending);
+    if deleting && (all_closed && target_done || g.parsed.is_err()) {
+        remove_finalizer(ctx, req).await?;
+    }
+    Ok(())
+}
+
+/// Events for what changed in a request's status.
+async fn announce(ctx: &Context, req: &AccessRequest, old: &AccessRequestStatus, new: &AccessRequestStatus) {
+    if old.phase == new.phase {
+        return;
+    }
+    let note = new.message.clone().unwrap_or_default();
+    let (kind, reason) = match new.phase {
+        Some(Phase::Active) => (EventType::Normal, "Granted"),
+        Some(Phase::Expired) => (EventType::Normal, "Expired"),
+        Some(Phase::Revoked) => (EventType::Normal, "Revoked"),
+        Some(Phase::Denied) => (EventType::Warning, "Denied"),
+        Some(Phase::Failed) => (EventType::Warning, "Failed"),
+        _ => return,
+    };
+    publish(ctx, req, kind, reason, note).await;
+}
