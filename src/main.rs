@@ -45,6 +45,10 @@ struct RunArgs {
     /// AWS regions the sweeper always looks in, besides those of current policies.
     #[arg(long = "aws-region", value_delimiter = ',')]
     aws_regions: Vec<String>,
+    /// Names this installation in the cloud tags of what it creates; installations that
+    /// share a cloud account must use different names.
+    #[arg(long, default_value = "default", env = "PORTCULLIS_CLUSTER_NAME")]
+    cluster_name: String,
     /// Where to serve /metrics, /healthz and /readyz.
     #[arg(long, default_value = "0.0.0.0:8080")]
     metrics_listen: SocketAddr,
@@ -90,7 +94,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
         None => kube::Client::try_default().await?,
     };
-    let aws = portcullis::cloud::aws::AwsBackend::from_env().await;
+    let aws = portcullis::cloud::aws::AwsBackend::from_env(&args.cluster_name).await;
     let backends = Backends {
         aws: Some(Arc::new(aws)),
         azure: None,

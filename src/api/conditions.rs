@@ -28,6 +28,8 @@ pub fn set(
     now: Time,
 ) -> bool {
     let status = if status { "True" } else { "False" }.to_string();
+    // The API server refuses an empty message (k8s-openapi sends it as null).
+    let message = if message.is_empty() { reason } else { message };
     match conditions.iter_mut().find(|c| c.type_ == kind) {
         Some(c) => {
             let before = c.clone();

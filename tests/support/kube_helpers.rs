@@ -64,3 +64,22 @@ pub async fn namespace_named(client: &kube::Client, name: &str) {
         Err(e) => panic!("cannot create namespace {name}: {e}"),
     }
 }
+
+/// Polls `check` every 100 ms until it returns `Some`, or panics after `timeout` naming
+/// `what`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: std::time::Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if start.elapsed() > timeout {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}

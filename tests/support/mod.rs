@@ -3,6 +3,9 @@
 
 #![allow(dead_code)] // each test binary uses a different part of the support code
 
+pub mod aws;
+pub mod ec2_proxy;
 pub mod kube_helpers;
+pub mod operator;
 pub mod process;
 pub mod testbed;

@@ -39,17 +39,22 @@ pub const TAG_MANAGED: &str = "portcullis.dev/managed";
 pub const TAG_TARGET: &str = "portcullis.dev/target";
 /// Tag naming the ENI an owned group serves.
 pub const TAG_ENI: &str = "portcullis.dev/eni";
+/// Tag naming the Portcullis installation that owns a group: installations sharing an
+/// account sweep only their own groups.
+pub const TAG_CLUSTER: &str = "portcullis.dev/cluster";
 
 /// The EC2 backend.
 pub struct AwsBackend {
     base: aws_config::SdkConfig,
+    cluster: String,
     clients: Mutex<BTreeMap<String, Client>>,
 }
 
 impl AwsBackend {
     /// A backend on aws-config's default chain (environment, profile, web identity for
     /// IRSA, instance metadata); `AWS_ENDPOINT_URL` points it at moto or LocalStack.
-    pub async fn from_env() -> Self {
+    /// `cluster` names this installation in the tags of the groups it creates.
+    pub async fn from_env(cluster: &str) -> Self {
         let base = aws_config::defaults(BehaviorVersion::latest())
             .retry_config(
                 RetryConfig::adaptive()
@@ -61,6 +66,7 @@ impl AwsBackend {
             .await;
         AwsBackend {
             base,
+            cluster: cluster.to_string(),
             clients: Mutex::new(BTreeMap::new()),
         }
     }
@@ -407,7 +413,7 @@ impl Backend for AwsBackend {
             let Some(i) = iface(&eni) else { continue };
             let group = match &i.owned_group {
                 Some(g) => g.clone(),
-                None => ensure_group(&ec2, &tid, &eni, obs.resolved.network.as_deref()).await?,
+                None => ensure_group(&ec2, &self.cluster, &tid, &eni, obs.resolved.network.as_deref()).await?,
             };
             attach(&ec2, i, &group).await?;
             authorize(&ec2, &group, perms).await?;
@@ -427,7 +433,7 @@ impl Backend for AwsBackend {
         let mut report = SweepReport::default();
         for region in &live.aws_regions {
             let ec2 = self.client(region);
-            let owned = groups(&ec2, Vec::new(), vec![filter("tag-key", [TAG_MANAGED])]).await?;
+            let owned = groups(&ec2, Vec::new(), vec![filter(&format!("tag:{TAG_CLUSTER}"), [self.cluster.clone()])]).await?;
             if owned.is_empty() {
                 continue;
             }
@@ -545,11 +551,12 @@ async fn authorize(ec2: &Client, group: &str, perms: Vec<IpPermission>) -> Resul
     Ok(())
 }
 
-async fn ensure_group(ec2: &Client, target: &str, eni: &str, vpc: Option<&str>) -> Result<String, CloudError> {
+async fn ensure_group(ec2: &Client, cluster: &str, target: &str, eni: &str, vpc: Option<&str>) -> Result<String, CloudError> {
     let name = owned_group_name(eni, target);
     let tags = TagSpecification::builder()
         .resource_type(ResourceType::SecurityGroup)
         .tags(Tag::builder().key(TAG_MANAGED).value("true").build())
+        .tags(Tag::builder().key(TAG_CLUSTER).value(cluster).build())
         .tags(Tag::builder().key(TAG_TARGET).value(target).build())
         .tags(Tag::builder().key(TAG_ENI).value(eni).build())
         .tags(Tag::builder().key("Name").value(&name).build())

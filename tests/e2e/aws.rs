@@ -1,0 +1,353 @@
+//! The AWS slice end to end: a real kube-apiserver, the operator as a process, moto
+//! behind a recording, fault-injecting proxy.
+
+use std::time::{Duration, Instant};
+
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use portcullis::api::{AccessRequest, JitPolicy, Phase, PortReason};
+
+use crate::support::aws::{self, Instance};
+use crate::support::ec2_proxy::{Ec2Proxy, Faults};
+use crate::support::kube_helpers::{eventually, namespace};
+use crate::support::operator::Operator;
+use crate::support::testbed::{ADMIN, Testbed};
+
+const MINUTE: Duration = Duration::from_secs(60);
+
+/// One test's world: its namespace, its instance, its proxy and its operator.
+struct World {
+    ns: String,
+    policies: Api<JitPolicy>,
+    requests: Api<AccessRequest>,
+    /// Straight to moto: what the test itself reads and changes.
+    ec2: aws_sdk_ec2::Client,
+    proxy: Ec2Proxy,
+    vm: Instance,
+    operator: Operator,
+}
+
+impl World {
+    async fn new(prefix: &str, faults: Faults) -> World {
+        let tb = Testbed::shared();
+        tb.install_crds().expect("CRDs install");
+        let client = tb.client(ADMIN).await;
+        let ns = namespace(&client, prefix).await;
+        let ec2 = aws::client(&tb.moto_url);
+        let vm = aws::instance(&ec2).await;
+        let proxy = Ec2Proxy::start(&tb.moto_url).await;
+        proxy.set_faults(faults);
+        let operator = Operator::start(tb, &ns, &proxy.url, "2s");
+        World {
+            policies: Api::namespaced(client.clone(), &ns),
+            requests: Api::namespaced(client, &ns),
+            ns,
+            ec2,
+            proxy,
+            vm,
+            operator,
+        }
+    }
+
+    fn policy_yaml(&self, name: &str) -> String {
+        format!(
+            r#"
+apiVersion: jit.portcullis.dev/v1alpha1
+kind: JitPolicy
+metadata: {{name: {name}}}
+spec:
+  targets:
+    - name: web
+      aws: {{region: {region}, instanceId: {id}}}
+  ports:
+    - {{port: 22, protocol: TCP, allowedSourcePrefixes: ["203.0.113.0/24"], maxDuration: 1h}}
+"#,
+            region = aws::REGION,
+            id = self.vm.instance_id
+        )
+    }
+
+    async fn create_policy(&self, name: &str) {
+        let p: JitPolicy = serde_saphyr::from_str(&self.policy_yaml(name)).unwrap();
+        self.policies.create(&PostParams::default(), &p).await.unwrap();
+    }
+
+    async fn ready_policy(&self, name: &str) -> JitPolicy {
+        let api = self.policies.clone();
+        let name = name.to_string();
+        eventually(&format!("policy {name} Ready"), MINUTE, || {
+            let (api, name) = (api.clone(), name.clone());
+            async move {
+                let p = api.get(&name).await.ok()?;
+                let s = p.status.as_ref()?;
+                (portcullis::api::conditions::is_true(&s.conditions, "Ready")
+                    && s.observed_generation == p.metadata.generation)
+                    .then_some(p)
+            }
+        })
+        .await
+    }
+
+    async fn create_request(&self, name: &str, port: u16, source: &str, duration: &str) {
+        let yaml = format!(
+            r#"
+apiVersion: jit.portcullis.dev/v1alpha1
+kind: AccessRequest
+metadata: {{name: {name}}}
+spec:
+  policyRef: {{name: jit}}
+  target: web
+  ports:
+    - {{port: {port}, sourcePrefix: {source}, duration: {duration}}}
+  justification: end-to-end test
+"#
+        );
+        let r: AccessRequest = serde_saphyr::from_str(&yaml).unwrap();
+        self.requests.create(&PostParams::default(), &r).await.unwrap();
+    }
+
+    async fn phase(&self, name: &str, phase: Phase, timeout: Duration) -> AccessRequest {
+        let api = self.requests.clone();
+        let name = name.to_string();
+        eventually(&format!("request {name} {phase:?}"), timeout, || {
+            let (api, name) = (api.clone(), name.clone());
+            async move {
+                let r = api.get(&name).await.ok()?;
+                (r.status.as_ref()?.phase == Some(phase)).then_some(r)
+            }
+        })
+        .await
+    }
+
+    /// The single owned group of this test (panics if there are several).
+    async fn owned_group(&self) -> Option<String> {
+        let groups = aws::owned_groups(&self.ec2, &self.ns).await;
+        assert!(groups.len() <= 1, "more than one owned group: {groups:?}");
+        groups.into_iter().next()
+    }
+
+    async fn owned_rules(&self) -> Vec<(String, i32, i32, String, String)> {
+        match self.owned_group().await {
+            Some(g) => aws::ingress_summary(&self.ec2, &g).await,
+            None => Vec::new(),
+        }
+    }
+
+    async fn wait_owned_rules(&self, what: &str, want: usize) -> Vec<(String, i32, i32, String, String)> {
+        eventually(what, MINUTE, || async {
+            let rules = self.owned_rules().await;
+            (rules.len() == want).then_some(rules)
+        })
+        .await
+    }
+
+    async fn revoke(&self, name: &str) {
+        self.requests
+            .patch(name, &PatchParams::default(), &Patch::Merge(serde_json::json!({"spec": {"revoke": true}})))
+            .await
+            .unwrap();
+    }
+
+    fn dump(&self) -> String {
+        self.operator.log()
+    }
+}
+
+fn port_reason(r: &AccessRequest) -> Option<PortReason> {
+    r.status.as_ref()?.ports.first()?.reason
+}
+
+#[tokio::test]
+async fn aws_baseline_grant_and_expiry() {
+    let w = World::new("aws-grant", Faults::None).await;
+    let original = aws::ingress_summary(&w.ec2, &w.vm.group_id).await;
+    w.create_policy("jit").await;
+    let p = w.ready_policy("jit").await;
+
+    // 1. 22 is revoked and recorded; 443 stays.
+    let now = aws::ingress_summary(&w.ec2, &w.vm.group_id).await;
+    assert_eq!(now, vec![("tcp".into(), 443, 443, "0.0.0.0/0".into(), "https".into())], "{}", w.dump());
+    let t = &p.status.as_ref().unwrap().targets[0];
+    assert_eq!(t.baseline.as_deref(), Some("Enforced"));
+    assert_eq!(t.revoked_rules.len(), 1);
+    let rec = &t.revoked_rules[0];
+    assert_eq!(
+        (rec.group_id.as_str(), rec.ip_protocol.as_str(), rec.from_port, rec.to_port, rec.cidr_ipv4.as_deref(), rec.description.as_deref()),
+        (w.vm.group_id.as_str(), "tcp", 22, 22, Some("0.0.0.0/0"), Some("ssh from anywhere"))
+    );
+    assert_eq!(t.network_interface_ids, vec![w.vm.eni_id.clone()]);
+    assert!(original.iter().any(|r| r.1 == 22));
+
+    // 2. A request opens exactly that port from exactly that source.
+    let asked = Instant::now();
+    w.create_request("ssh", 22, "203.0.113.7/32", "30s").await;
+    let r = w.phase("ssh", Phase::Active, MINUTE).await;
+    let granted_in = asked.elapsed();
+    let rules = w.owned_rules().await;
+    assert_eq!(rules.len(), 1, "{rules:?}");
+    assert_eq!((rules[0].0.as_str(), rules[0].1, rules[0].2, rules[0].3.as_str()), ("tcp", 22, 22, "203.0.113.7/32"));
+    assert!(rules[0].4.starts_with(&format!("portcullis owner={}/ssh expires=", w.ns)), "{}", rules[0].4);
+    let group = w.owned_group().await.unwrap();
+    assert_eq!(aws::eni_groups(&w.ec2, &w.vm.eni_id).await, vec![w.vm.group_id.clone(), group.clone()]);
+    let s = r.status.as_ref().unwrap();
+    let (granted_at, expires_at) = (s.granted_at.clone().unwrap().0, s.expires_at.clone().unwrap().0);
+    assert_eq!(expires_at.duration_since(granted_at).as_secs(), 30);
+    assert_eq!(s.ports[0].rule_ids.len(), 1);
+    eprintln!("METRIC aws grant latency: {:.3}s (request created → status Active)", granted_in.as_secs_f64());
+
+    // 3. At expiry the rule goes and the request says Expired.
+    let gone = eventually("the grant's rule to go", MINUTE, || async {
+        w.owned_rules().await.is_empty().then(jiff::Timestamp::now)
+    })
+    .await;
+    let lag = gone.duration_since(expires_at);
+    let r = w.phase("ssh", Phase::Expired, MINUTE).await;
+    assert_eq!(port_reason(&r), Some(PortReason::Expired));
+    eprintln!("METRIC aws expiry lag: {:.3}s (expiresAt → rule gone, polled every 100ms)", lag.as_secs_f64());
+    assert!(lag.as_secs_f64() < 5.0, "rule outlived its grant by {lag:?}");
+    // The emptied owned group is detached and deleted.
+    eventually("the owned group to go", MINUTE, || async { w.owned_group().await.is_none().then_some(()) }).await;
+    assert_eq!(aws::eni_groups(&w.ec2, &w.vm.eni_id).await, vec![w.vm.group_id.clone()]);
+}
+
+#[tokio::test]
+async fn aws_early_revoke_by_flag_and_by_delete() {
+    let w = World::new("aws-revoke", Faults::None).await;
+    w.create_policy("jit").await;
+    w.ready_policy("jit").await;
+    w.create_request("by-flag", 22, "203.0.113.7/32", "10m").await;
+    w.create_request("by-delete", 22, "203.0.113.8/32", "10m").await;
+    w.phase("by-flag", Phase::Active, MINUTE).await;
+    w.phase("by-delete", Phase::Active, MINUTE).await;
+    assert_eq!(w.owned_rules().await.len(), 2);
+
+    w.revoke("by-flag").await;
+    let r = w.phase("by-flag", Phase::Revoked, MINUTE).await;
+    assert_eq!(port_reason(&r), Some(PortReason::UserRequested));
+    let rules = w.wait_owned_rules("one rule left", 1).await;
+    assert_eq!(rules[0].3, "203.0.113.8/32");
+
+    w.requests.delete("by-delete", &DeleteParams::default()).await.unwrap();
+    eventually("the deleted request to disappear", MINUTE, || async {
+        w.requests.get_opt("by-delete").await.unwrap().is_none().then_some(())
+    })
+    .await;
+    assert!(w.owned_rules().await.is_empty());
+}
+
+#[tokio::test]
+async fn aws_newer_request_supersedes() {
+    let w = World::new("aws-supersede", Faults::None).await;
+    w.create_policy("jit").await;
+    w.ready_policy("jit").await;
+    w.create_request("first", 22, "203.0.113.7/32", "10m").await;
+    w.phase("first", Phase::Active, MINUTE).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await; // creation times have second precision
+    w.create_request("second", 22, "203.0.113.7/32", "20m").await;
+    w.phase("second", Phase::Active, MINUTE).await;
+    let first = w.phase("first", Phase::Revoked, MINUTE).await;
+    assert_eq!(port_reason(&first), Some(PortReason::NewerRequestInitiated));
+    let rules = w.owned_rules().await;
+    assert_eq!(rules.len(), 1, "{rules:?}");
+    assert!(rules[0].4.starts_with(&format!("portcullis owner={}/second ", w.ns)), "{}", rules[0].4);
+}
+
+#[tokio::test]
+async fn aws_drift_is_healed_both_ways() {
+    let w = World::new("aws-drift", Faults::None).await;
+    w.create_policy("jit").await;
+    w.ready_policy("jit").await;
+
+    // Someone re-opens 22 to the world: revoked again within a resync.
+    aws::reopen_ssh(&w.ec2, &w.vm.group_id).await;
+    let healed = Instant::now();
+    eventually("22 revoked again", MINUTE, || async {
+        let rules = aws::ingress_summary(&w.ec2, &w.vm.group_id).await;
+        (!rules.iter().any(|r| r.1 == 22)).then_some(())
+    })
+    .await;
+    eprintln!("METRIC aws baseline drift healed in {:.3}s (resync 2s)", healed.elapsed().as_secs_f64());
+
+    // Someone removes the owned rule during a grant: put back.
+    w.create_request("ssh", 22, "203.0.113.7/32", "10m").await;
+    w.phase("ssh", Phase::Active, MINUTE).await;
+    let group = w.owned_group().await.unwrap();
+    let ids: Vec<String> = aws::ingress(&w.ec2, &group).await.iter().filter_map(|r| r.security_group_rule_id().map(str::to_string)).collect();
+    w.ec2.revoke_security_group_ingress().group_id(&group).set_security_group_rule_ids(Some(ids)).send().await.unwrap();
+    w.wait_owned_rules("the owned rule put back", 1).await;
+
+    let p = eventually("drift counted", MINUTE, || async {
+        let p = w.policies.get("jit").await.ok()?;
+        (p.status.as_ref()?.targets.first()?.drift_corrections >= 2).then_some(p)
+    })
+    .await;
+    assert!(p.status.unwrap().targets[0].drift_corrections >= 2);
+}
+
+#[tokio::test]
+async fn aws_deleting_the_policy_restores_everything() {
+    let w = World::new("aws-delete", Faults::None).await;
+    let original = aws::ingress_summary(&w.ec2, &w.vm.group_id).await;
+    w.create_policy("jit").await;
+    w.ready_policy("jit").await;
+    w.create_request("ssh", 22, "203.0.113.7/32", "10m").await;
+    w.phase("ssh", Phase::Active, MINUTE).await;
+
+    w.policies.delete("jit", &DeleteParams::default()).await.unwrap();
+    eventually("the policy to disappear", MINUTE, || async { w.policies.get_opt("jit").await.unwrap().is_none().then_some(()) }).await;
+    assert_eq!(aws::ingress_summary(&w.ec2, &w.vm.group_id).await, original);
+    assert!(w.owned_group().await.is_none());
+    assert_eq!(aws::eni_groups(&w.ec2, &w.vm.eni_id).await, vec![w.vm.group_id.clone()]);
+    let r = w.phase("ssh", Phase::Revoked, MINUTE).await;
+    assert_eq!(port_reason(&r), Some(PortReason::PolicyChanged));
+    // No stamped rule anywhere in the VPC.
+    let all = w
+        .ec2
+        .describe_security_groups()
+        .filters(aws_sdk_ec2::types::Filter::builder().name("vpc-id").values(&w.vm.vpc_id).build())
+        .send()
+        .await
+        .unwrap();
+    for g in all.security_groups() {
+        for rule in aws::ingress(&w.ec2, g.group_id().unwrap()).await {
+            assert!(!rule.description().unwrap_or_default().starts_with("portcullis"), "{rule:?}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn aws_invalid_requests_are_denied_without_cloud_writes() {
+    let w = World::new("aws-deny", Faults::None).await;
+    w.create_policy("jit").await;
+    w.ready_policy("jit").await;
+    // Let the first resync pass, then watch every call from now on.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    w.proxy.clear();
+    let cases = [
+        ("wrong-port", 23, "203.0.113.7/32", "10m", "spec.ports[0].port"),
+        ("too-long", 22, "203.0.113.7/32", "2h", "spec.ports[0].duration"),
+        ("outside", 22, "198.51.100.7/32", "10m", "spec.ports[0].sourcePrefix"),
+    ];
+    for (name, port, source, duration, _) in cases {
+        w.create_request(name, port, source, duration).await;
+    }
+    for (name, _, _, _, field) in cases {
+        let r = w.phase(name, Phase::Denied, MINUTE).await;
+        let msg = r.status.unwrap().message.unwrap_or_default();
+        assert!(msg.contains(field), "{name}: {msg}");
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await; // a full resync more
+    assert_eq!(w.proxy.writes(), Vec::<String>::new(), "cloud writes for denied requests");
+    assert!(!w.proxy.calls().is_empty(), "the proxy saw no call at all: is it in the path?");
+}
+
+#[tokio::test]
+async fn aws_converges_under_throttling() {
+    let w = World::new("aws-throttle", Faults::ThrottleEvery(3)).await;
+    w.create_policy("jit").await;
+    w.ready_policy("jit").await;
+    w.create_request("ssh", 22, "203.0.113.7/32", "10m").await;
+    w.phase("ssh", Phase::Active, MINUTE).await;
+    assert_eq!(w.owned_rules().await.len(), 1);
+    assert!(w.proxy.injected() > 0, "no fault was injected");
+    eprintln!("METRIC aws throttling: converged with {} injected RequestLimitExceeded of {} calls", w.proxy.injected(), w.proxy.calls().len());
+}

@@ -1,0 +1,171 @@
+//! A recording, fault-injecting HTTP proxy in front of moto.
+//!
+//! moto never throttles; real EC2 answers `RequestLimitExceeded` (HTTP 503) and 5xx. The
+//! proxy forwards every call to moto, remembers each call's `Action`, and on demand
+//! answers some calls itself with an EC2 error instead.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+
+/// EC2 actions that change something.
+pub const WRITES: &[&str] = &[
+    "AuthorizeSecurityGroupIngress",
+    "RevokeSecurityGroupIngress",
+    "ModifySecurityGroupRules",
+    "UpdateSecurityGroupRuleDescriptionsIngress",
+    "CreateSecurityGroup",
+    "DeleteSecurityGroup",
+    "ModifyNetworkInterfaceAttribute",
+    "CreateTags",
+];
+
+/// Which calls fail, and how.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Faults {
+    /// Forward everything.
+    #[default]
+    None,
+    /// Every `n`th call gets 503 `RequestLimitExceeded`.
+    ThrottleEvery(u64),
+    /// Every `n`th call gets 500 `InternalError`.
+    ServerErrorEvery(u64),
+}
+
+#[derive(Default)]
+struct State {
+    calls: Mutex<Vec<String>>,
+    faults: Mutex<Faults>,
+    injected: AtomicU64,
+    seq: AtomicU64,
+}
+
+/// The proxy; it runs until the test's runtime ends.
+#[derive(Clone)]
+pub struct Ec2Proxy {
+    /// The URL to give the SDK (`AWS_ENDPOINT_URL`).
+    pub url: String,
+    state: Arc<State>,
+}
+
+impl Ec2Proxy {
+    /// Starts a proxy to `upstream` (moto's URL) on a free loopback port.
+    pub async fn start(upstream: &str) -> Ec2Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let addr: SocketAddr = listener.local_addr().unwrap();
+        let state = Arc::new(State::default());
+        let upstream = upstream.to_string();
+        let client: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+        let st = state.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { return };
+                let (st, client, upstream) = (st.clone(), client.clone(), upstream.clone());
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req| forward(req, st.clone(), client.clone(), upstream.clone()));
+                    http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await.ok();
+                });
+            }
+        });
+        Ec2Proxy {
+            url: format!("http://{addr}"),
+            state,
+        }
+    }
+
+    /// Sets which calls fail from now on.
+    pub fn set_faults(&self, faults: Faults) {
+        *self.state.faults.lock().unwrap() = faults;
+    }
+
+    /// Every action seen so far, in order (injected failures included).
+    pub fn calls(&self) -> Vec<String> {
+        self.state.calls.lock().unwrap().clone()
+    }
+
+    /// The write actions seen so far.
+    pub fn writes(&self) -> Vec<String> {
+        self.calls().into_iter().filter(|a| WRITES.contains(&a.as_str())).collect()
+    }
+
+    /// Forgets the calls seen so far.
+    pub fn clear(&self) {
+        self.state.calls.lock().unwrap().clear();
+    }
+
+    /// How many calls the proxy failed on purpose.
+    pub fn injected(&self) -> u64 {
+        self.state.injected.load(Ordering::SeqCst)
+    }
+}
+
+fn action_of(body: &[u8]) -> String {
+    String::from_utf8_lossy(body)
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("Action="))
+        .unwrap_or("?")
+        .to_string()
+}
+
+fn ec2_error(status: u16, code: &str, message: &str) -> Response<Full<Bytes>> {
+    let body = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error><Code>{code}</Code><Message>{message}</Message></Error></Errors><RequestID>proxy-{code}</RequestID></Response>"
+    );
+    Response::builder()
+        .status(status)
+        .header("content-type", "text/xml;charset=UTF-8")
+        .body(Full::new(Bytes::from(body)))
+        .unwrap()
+}
+
+async fn forward(
+    req: Request<Incoming>,
+    st: Arc<State>,
+    client: Client<HttpConnector, Full<Bytes>>,
+    upstream: String,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let (parts, body) = req.into_parts();
+    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let action = action_of(&body);
+    st.calls.lock().unwrap().push(action.clone());
+    let n = st.seq.fetch_add(1, Ordering::SeqCst) + 1;
+    let faults = *st.faults.lock().unwrap();
+    match faults {
+        Faults::ThrottleEvery(k) if k > 0 && n % k == 0 => {
+            st.injected.fetch_add(1, Ordering::SeqCst);
+            return Ok(ec2_error(503, "RequestLimitExceeded", "Request limit exceeded."));
+        }
+        Faults::ServerErrorEvery(k) if k > 0 && n % k == 0 => {
+            st.injected.fetch_add(1, Ordering::SeqCst);
+            return Ok(ec2_error(500, "InternalError", "An internal error has occurred."));
+        }
+        _ => {}
+    }
+    let uri = format!("{upstream}{}", parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"));
+    let mut up = Request::builder().method(parts.method).uri(uri);
+    for (k, v) in parts.headers.iter() {
+        if k != "host" {
+            up = up.header(k, v);
+        }
+    }
+    let up = up.body(Full::new(body)).unwrap();
+    match client.request(up).await {
+        Ok(resp) => {
+            let (parts, body) = resp.into_parts();
+            let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+            Ok(Response::from_parts(parts, Full::new(body)))
+        }
+        Err(e) => Ok(ec2_error(502, "ProxyError", &e.to_string())),
+    }
+}

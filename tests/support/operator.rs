@@ -1,0 +1,81 @@
+//! The operator as a real process, started, killed with SIGKILL and restarted by tests.
+
+use std::path::PathBuf;
+use std::process::{Child, Command};
+
+use super::process::spawn_bound;
+use super::testbed::{ADMIN, Testbed};
+
+/// A running `portcullis run` watching one namespace.
+pub struct Operator {
+    child: Option<Child>,
+    args: Vec<String>,
+    envs: Vec<(String, String)>,
+    log: PathBuf,
+    starts: u32,
+}
+
+impl Operator {
+    /// Starts the operator for `namespace` with its AWS endpoint at `aws_url`.
+    pub fn start(tb: &Testbed, namespace: &str, aws_url: &str, resync: &str) -> Operator {
+        let args = vec![
+            "run".to_string(),
+            "--kubeconfig".into(),
+            tb.kubeconfig(ADMIN).display().to_string(),
+            "--namespace".into(),
+            namespace.into(),
+            "--resync".into(),
+            resync.into(),
+            "--cluster-name".into(),
+            namespace.into(),
+            "--metrics-listen".into(),
+            "127.0.0.1:0".into(),
+        ];
+        let envs = vec![
+            ("AWS_ENDPOINT_URL".to_string(), aws_url.to_string()),
+            ("AWS_ACCESS_KEY_ID".into(), "testing".into()),
+            ("AWS_SECRET_ACCESS_KEY".into(), "testing".into()),
+            ("AWS_REGION".into(), super::aws::REGION.into()),
+            ("AWS_EC2_METADATA_DISABLED".into(), "true".into()),
+            ("RUST_LOG".into(), "info,portcullis=debug,kube_runtime=warn,aws=warn".into()),
+        ];
+        let mut op = Operator {
+            child: None,
+            args,
+            envs,
+            log: tb.dir.join(format!("operator-{namespace}.log")),
+            starts: 0,
+        };
+        op.restart();
+        op
+    }
+
+    /// Starts the process again (after [`Operator::kill`]).
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "operator still running");
+        self.starts += 1;
+        let log = self.log.with_extension(format!("{}.log", self.starts));
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_portcullis"));
+        cmd.args(&self.args).envs(self.envs.iter().map(|(k, v)| (k, v)));
+        self.child = Some(spawn_bound(&mut cmd, &log).expect("start portcullis"));
+    }
+
+    /// Kills the process with SIGKILL: no cleanup, as in a crash.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().ok();
+            c.wait().ok();
+        }
+    }
+
+    /// The log of the current (or last) run.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log.with_extension(format!("{}.log", self.starts))).unwrap_or_default()
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
