@@ -38,19 +38,28 @@ pub async fn serve(addr: SocketAddr, ready: Readiness) -> std::io::Result<()> {
         let ready = ready.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req| answer(req, ready.clone()));
-            if let Err(e) = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await {
+            if let Err(e) = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
                 warn!(error = %e, "metrics connection failed");
             }
         });
     }
 }
 
-async fn answer(req: Request<Incoming>, ready: Readiness) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn answer(
+    req: Request<Incoming>,
+    ready: Readiness,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     let (status, body) = match req.uri().path() {
         "/metrics" => (StatusCode::OK, crate::metrics::encode()),
         "/healthz" => (StatusCode::OK, "ok\n".to_string()),
         "/readyz" if ready.is_ready() => (StatusCode::OK, "ok\n".to_string()),
-        "/readyz" => (StatusCode::SERVICE_UNAVAILABLE, "caches not synced yet\n".to_string()),
+        "/readyz" => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "caches not synced yet\n".to_string(),
+        ),
         _ => (StatusCode::NOT_FOUND, "not found\n".to_string()),
     };
     Ok(Response::builder()

@@ -73,6 +73,9 @@ impl CloudError {
 
     /// Whether retrying the same thing later may succeed.
     pub fn is_transient(&self) -> bool {
-        matches!(self, CloudError::Throttled { .. } | CloudError::Retryable { .. })
+        matches!(
+            self,
+            CloudError::Throttled { .. } | CloudError::Retryable { .. }
+        )
     }
 }

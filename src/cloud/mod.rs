@@ -91,11 +91,18 @@ pub struct SweepReport {
 /// The id that names a policy target in cloud tags: `namespace/policy/target`, shortened
 /// with a hash when long.
 pub fn target_id(target: &TargetKey) -> String {
-    let full = format!("{}/{}/{}", target.policy.namespace, target.policy.name, target.target);
+    let full = format!(
+        "{}/{}/{}",
+        target.policy.namespace, target.policy.name, target.target
+    );
     if full.len() <= 200 {
         full
     } else {
-        format!("{}#{}", &full[..180], crate::domain::stamp::short_hash(&full))
+        format!(
+            "{}#{}",
+            &full[..180],
+            crate::domain::stamp::short_hash(&full)
+        )
     }
 }
 
@@ -103,8 +110,11 @@ pub fn target_id(target: &TargetKey) -> String {
 #[async_trait]
 pub trait Backend: Send + Sync {
     /// Resolves a target and reads the rules that concern it. Reads only.
-    async fn observe(&self, target: &TargetKey, locator: &Locator)
-    -> Result<Observation, CloudError>;
+    async fn observe(
+        &self,
+        target: &TargetKey,
+        locator: &Locator,
+    ) -> Result<Observation, CloudError>;
 
     /// Makes a plan's changes in order, stopping at the first error. Idempotent: a change
     /// already made (a duplicate rule, a rule already gone) counts as done.

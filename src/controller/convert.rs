@@ -78,7 +78,8 @@ pub fn revoked_from_api(r: &RevokedRule) -> ForeignRuleSpec {
     ForeignRuleSpec {
         container: r.group_id.clone(),
         protocol: r.ip_protocol.clone(),
-        ports: (r.from_port >= 0 && r.to_port >= 0).then_some((r.from_port as u16, r.to_port as u16)),
+        ports: (r.from_port >= 0 && r.to_port >= 0)
+            .then_some((r.from_port as u16, r.to_port as u16)),
         source,
         description: r.description.clone(),
     }
@@ -93,7 +94,10 @@ pub fn revoked_to_api(s: &ForeignRuleSpec) -> RevokedRule {
         ForeignSource::Group(g) => group = Some(g.clone()),
         ForeignSource::PrefixList(p) | ForeignSource::Tag(p) => prefix = Some(p.clone()),
     }
-    let (from, to) = s.ports.map(|(f, t)| (i32::from(f), i32::from(t))).unwrap_or((-1, -1));
+    let (from, to) = s
+        .ports
+        .map(|(f, t)| (i32::from(f), i32::from(t)))
+        .unwrap_or((-1, -1));
     RevokedRule {
         group_id: s.container.clone(),
         ip_protocol: s.protocol.clone(),

@@ -48,8 +48,14 @@ impl Backends {
     /// The backend for a target, or why there is none.
     pub fn for_locator(&self, locator: &Locator) -> Result<&Arc<dyn Backend>, String> {
         match locator {
-            Locator::Aws { .. } => self.aws.as_ref().ok_or_else(|| "the AWS backend is not enabled".to_string()),
-            Locator::Azure { .. } => self.azure.as_ref().ok_or_else(|| "the Azure backend is not enabled".to_string()),
+            Locator::Aws { .. } => self
+                .aws
+                .as_ref()
+                .ok_or_else(|| "the AWS backend is not enabled".to_string()),
+            Locator::Azure { .. } => self
+                .azure
+                .as_ref()
+                .ok_or_else(|| "the Azure backend is not enabled".to_string()),
         }
     }
 }
@@ -135,7 +141,10 @@ impl Error {
 /// Backoff with jitter: throttling waits longer than other faults.
 fn retry_after(err: &Error) -> Duration {
     let base = match err {
-        Error::Cloud(CloudError::Throttled { retry_after: Some(d), .. }) => *d,
+        Error::Cloud(CloudError::Throttled {
+            retry_after: Some(d),
+            ..
+        }) => *d,
         Error::Cloud(CloudError::Throttled { .. }) => Duration::from_secs(5),
         Error::CleanupPending(_) => Duration::from_secs(1),
         _ => Duration::from_secs(2),
@@ -145,19 +154,31 @@ fn retry_after(err: &Error) -> Duration {
 }
 
 /// Runs the controllers and the sweeper until the process is told to stop.
-pub async fn run(client: Client, backends: Backends, settings: Settings, clock: Clock) -> anyhow::Result<()> {
-    let (policies_api, requests_api): (Api<JitPolicy>, Api<AccessRequest>) = match &settings.namespace {
-        Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)),
-        None => (Api::all(client.clone()), Api::all(client.clone())),
-    };
+pub async fn run(
+    client: Client,
+    backends: Backends,
+    settings: Settings,
+    clock: Clock,
+) -> anyhow::Result<()> {
+    let (policies_api, requests_api): (Api<JitPolicy>, Api<AccessRequest>) =
+        match &settings.namespace {
+            Some(ns) => (
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client.clone(), ns),
+            ),
+            None => (Api::all(client.clone()), Api::all(client.clone())),
+        };
     // Expired stamped rules go first, before any reconcile, even when their request is gone.
-    match sweeper::startup_sweep(&policies_api, &requests_api, &backends, &settings, clock()).await {
+    match sweeper::startup_sweep(&policies_api, &requests_api, &backends, &settings, clock()).await
+    {
         Ok(report) => info!(?report, "startup sweep done"),
         Err(e) => warn!(error = %e, "startup sweep failed; the periodic sweeper will retry"),
     }
 
-    let policy_controller = Controller::new(policies_api, watcher::Config::default().any_semantic());
-    let request_controller = Controller::new(requests_api, watcher::Config::default().any_semantic());
+    let policy_controller =
+        Controller::new(policies_api, watcher::Config::default().any_semantic());
+    let request_controller =
+        Controller::new(requests_api, watcher::Config::default().any_semantic());
     let (trigger, triggered) = mpsc::unbounded_channel();
     let reporter = Reporter {
         controller: settings.reporter.clone(),
@@ -199,6 +220,8 @@ pub async fn run(client: Client, backends: Backends, settings: Settings, clock: 
     Ok(())
 }
 
-fn tokio_stream_from<T: Send + 'static>(mut rx: mpsc::UnboundedReceiver<T>) -> impl futures::Stream<Item = T> + Send {
+fn tokio_stream_from<T: Send + 'static>(
+    mut rx: mpsc::UnboundedReceiver<T>,
+) -> impl futures::Stream<Item = T> + Send {
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }

@@ -18,7 +18,9 @@ use super::convert::{self, time};
 use super::{Context, Error, FINALIZER, MANAGER};
 use crate::api::conditions::{self, CONFLICT, DEGRADED, READY, RECONCILING, STALLED, UNSUPPORTED};
 use crate::api::policy::TargetStatus;
-use crate::api::{AccessRequest, AccessRequestStatus, JitPolicy, JitPolicyStatus, Phase, PortStatus};
+use crate::api::{
+    AccessRequest, AccessRequestStatus, JitPolicy, JitPolicyStatus, Phase, PortStatus,
+};
 use crate::cloud::{CloudError, Observation};
 use crate::domain::validate::{self, FieldError};
 use crate::domain::{
@@ -40,13 +42,17 @@ pub async fn reconcile(policy: Arc<JitPolicy>, ctx: Arc<Context>) -> Result<Acti
     })
     .await
     .map_err(|e| match e {
-        kube::runtime::finalizer::Error::ApplyFailed(e) | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
+        kube::runtime::finalizer::Error::ApplyFailed(e)
+        | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
         other => Error::Finalizer(other.to_string()),
     });
-    metrics::reconcile("jitpolicy", match &result {
-        Ok(_) => "ok",
-        Err(e) => e.category(),
-    });
+    metrics::reconcile(
+        "jitpolicy",
+        match &result {
+            Ok(_) => "ok",
+            Err(e) => e.category(),
+        },
+    );
     result
 }
 
@@ -100,13 +106,20 @@ async fn converge(policy: &JitPolicy, ctx: &Context, deleting: bool) -> Result<A
         Err(errors) => {
             let message = validate::join(&errors);
             warn!(%message, "policy spec is invalid");
-            set_conditions(&mut status, generation, ctx, Outcome::Stalled("InvalidSpec", message.clone()));
+            set_conditions(
+                &mut status,
+                generation,
+                ctx,
+                Outcome::Stalled("InvalidSpec", message.clone()),
+            );
             write_policy_status(&api, &name, &old_status, &status).await?;
             if deleting {
                 if status.targets.iter().all(|t| t.revoked_rules.is_empty()) {
                     return Ok(Action::await_change());
                 }
-                return Err(Error::CleanupPending(format!("the spec must parse to restore revoked rules: {message}")));
+                return Err(Error::CleanupPending(format!(
+                    "the spec must parse to restore revoked rules: {message}"
+                )));
             }
             return Ok(Action::requeue(ctx.settings.resync));
         }
@@ -121,7 +134,12 @@ async fn converge(policy: &JitPolicy, ctx: &Context, deleting: bool) -> Result<A
         .map(|r| {
             let ports: Vec<i32> = r.spec.ports.iter().map(|p| p.port).collect();
             let recorded = convert::recorded(r.status.as_ref(), &ports);
-            let created = r.metadata.creation_timestamp.as_ref().map(|t| t.0).unwrap_or(now);
+            let created = r
+                .metadata
+                .creation_timestamp
+                .as_ref()
+                .map(|t| t.0)
+                .unwrap_or(now);
             let parsed = validate::request(
                 ObjectKey::new(&ns, r.name_any()),
                 &r.spec,
@@ -133,7 +151,10 @@ async fn converge(policy: &JitPolicy, ctx: &Context, deleting: bool) -> Result<A
             Gathered { object: r, parsed }
         })
         .collect();
-    let valid: Vec<Request> = gathered.iter().filter_map(|g| g.parsed.as_ref().ok().cloned()).collect();
+    let valid: Vec<Request> = gathered
+        .iter()
+        .filter_map(|g| g.parsed.as_ref().ok().cloned())
+        .collect();
     let want = desired(std::slice::from_ref(&parsed), &valid, now);
 
     // Record new grants (and hold requests with a finalizer) before any cloud call, so a
@@ -142,7 +163,10 @@ async fn converge(policy: &JitPolicy, ctx: &Context, deleting: bool) -> Result<A
         let Ok(r) = &g.parsed else { continue };
         let outcome = &want.requests[&r.key];
         let opening = outcome.ports.iter().any(|p| p.state == PortState::Active);
-        if opening && g.object.metadata.deletion_timestamp.is_none() && !g.object.finalizers().iter().any(|f| f == FINALIZER) {
+        if opening
+            && g.object.metadata.deletion_timestamp.is_none()
+            && !g.object.finalizers().iter().any(|f| f == FINALIZER)
+        {
             add_finalizer(ctx, &g.object).await?;
         }
         if opening && r.granted_at.is_none() {
@@ -167,7 +191,16 @@ async fn converge(policy: &JitPolicy, ctx: &Context, deleting: bool) -> Result<A
         .collect();
     let mut results: BTreeMap<String, TargetResult> = BTreeMap::new();
     for td in want.targets.values() {
-        let result = reconcile_target(ctx, &api, &name, &old_status, &mut status, td, &active_before).await;
+        let result = reconcile_target(
+            ctx,
+            &api,
+            &name,
+            &old_status,
+            &mut status,
+            td,
+            &active_before,
+        )
+        .await;
         results.insert(td.key.target.clone(), result);
     }
 
@@ -180,8 +213,10 @@ async fn converge(policy: &JitPolicy, ctx: &Context, deleting: bool) -> Result<A
             let res = &obs.resolved;
             entry.private_ips = res.private_ips();
             entry.network_interface_ids = res.interfaces.iter().map(|i| i.id.clone()).collect();
-            entry.security_group_ids = dedup(res.interfaces.iter().flat_map(|i| i.groups.iter().cloned()));
-            entry.owned_security_group_ids = dedup(res.interfaces.iter().filter_map(|i| i.owned_group.clone()));
+            entry.security_group_ids =
+                dedup(res.interfaces.iter().flat_map(|i| i.groups.iter().cloned()));
+            entry.owned_security_group_ids =
+                dedup(res.interfaces.iter().filter_map(|i| i.owned_group.clone()));
             entry.nsg_ids = res.nsg_ids.clone();
             entry.firewall_id = res.firewall_id.clone();
         }
@@ -201,12 +236,21 @@ async fn converge(policy: &JitPolicy, ctx: &Context, deleting: bool) -> Result<A
         drift_total += r.drift;
     }
     let wanted: BTreeSet<&String> = want.targets.values().map(|t| &t.key.target).collect();
-    status.targets.retain(|t| wanted.contains(&t.name) || !t.revoked_rules.is_empty());
+    status
+        .targets
+        .retain(|t| wanted.contains(&t.name) || !t.revoked_rules.is_empty());
     let outcome = policy_outcome(&results);
     set_conditions(&mut status, generation, ctx, outcome);
     write_policy_status(&api, &name, &old_status, &status).await?;
     if drift_total > 0 {
-        publish(ctx, policy, EventType::Warning, "DriftCorrected", format!("put {drift_total} drifted rule(s) right")).await;
+        publish(
+            ctx,
+            policy,
+            EventType::Warning,
+            "DriftCorrected",
+            format!("put {drift_total} drifted rule(s) right"),
+        )
+        .await;
     }
 
     // The requests' statuses.
@@ -256,7 +300,12 @@ async fn reconcile_target(
     };
     let prev = old_status.targets.iter().find(|t| t.name == td.key.target);
     let mut recorded: BTreeSet<ForeignRuleSpec> = prev
-        .map(|t| t.revoked_rules.iter().map(convert::revoked_from_api).collect())
+        .map(|t| {
+            t.revoked_rules
+                .iter()
+                .map(convert::revoked_from_api)
+                .collect()
+        })
         .unwrap_or_default();
     let obs = match backend.observe(&td.key, &td.locator).await {
         Ok(o) => o,
@@ -285,10 +334,18 @@ async fn reconcile_target(
         .collect();
     if revoking.iter().any(|s| !recorded.contains(s)) {
         recorded.extend(revoking.iter().cloned());
-        target_status(status, &td.key.target).revoked_rules = recorded.iter().map(convert::revoked_to_api).collect();
+        target_status(status, &td.key.target).revoked_rules =
+            recorded.iter().map(convert::revoked_to_api).collect();
         if let Err(e) = write_policy_status(api, name, old_status, status).await {
             warn!(error = %e, "cannot record revocations; not revoking");
-            return fail(TargetError::Cloud(CloudError::Retryable { op: "record", code: "Kubernetes".into(), message: e.to_string() }), Some(obs));
+            return fail(
+                TargetError::Cloud(CloudError::Retryable {
+                    op: "record",
+                    code: "Kubernetes".into(),
+                    message: e.to_string(),
+                }),
+                Some(obs),
+            );
         }
     }
 
@@ -301,7 +358,8 @@ async fn reconcile_target(
             recorded.remove(s);
         }
     }
-    target_status(status, &td.key.target).revoked_rules = recorded.iter().map(convert::revoked_to_api).collect();
+    target_status(status, &td.key.target).revoked_rules =
+        recorded.iter().map(convert::revoked_to_api).collect();
 
     // Drift: changes to things that were already in place before.
     let baseline_was_enforced = prev.and_then(|t| t.baseline.as_deref()) == Some("Enforced");
@@ -310,12 +368,21 @@ async fn reconcile_target(
         .iter()
         .filter(|c| match c {
             Change::RevokeForeign(_) => baseline_was_enforced,
-            Change::CreateGrant { grant, .. } => active_before.contains(&(grant.request.clone(), grant.port)),
+            Change::CreateGrant { grant, .. } => {
+                active_before.contains(&(grant.request.clone(), grant.port))
+            }
             _ => false,
         })
         .count() as u64;
     if drift > 0 {
-        metrics::drift(if baseline_was_enforced { "baseline" } else { "grant" }, drift);
+        metrics::drift(
+            if baseline_was_enforced {
+                "baseline"
+            } else {
+                "grant"
+            },
+            drift,
+        );
         warn!(target = %td.key, drift, "corrected drift");
     }
 
@@ -358,19 +425,32 @@ enum Outcome {
     Ready,
     Progressing(String),
     Stalled(&'static str, String),
-    Partial { reason: &'static str, message: String, extra: Option<&'static str> },
+    Partial {
+        reason: &'static str,
+        message: String,
+        extra: Option<&'static str>,
+    },
 }
 
 fn policy_outcome(results: &BTreeMap<String, TargetResult>) -> Outcome {
-    let failing: Vec<(&String, &TargetError)> = results.iter().filter_map(|(n, r)| r.error.as_ref().map(|e| (n, e))).collect();
+    let failing: Vec<(&String, &TargetError)> = results
+        .iter()
+        .filter_map(|(n, r)| r.error.as_ref().map(|e| (n, e)))
+        .collect();
     if failing.is_empty() {
         if results.values().all(|r| r.converged) {
             return Outcome::Ready;
         }
         return Outcome::Progressing("waiting for the cloud state to match".into());
     }
-    let message = failing.iter().map(|(n, e)| format!("target {n}: {}", e.message())).collect::<Vec<_>>().join("; ");
-    let transient = failing.iter().all(|(_, e)| matches!(e, TargetError::Cloud(c) if c.is_transient()));
+    let message = failing
+        .iter()
+        .map(|(n, e)| format!("target {n}: {}", e.message()))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let transient = failing
+        .iter()
+        .all(|(_, e)| matches!(e, TargetError::Cloud(c) if c.is_transient()));
     if transient {
         return Outcome::Progressing(message);
     }
@@ -389,12 +469,25 @@ fn policy_outcome(results: &BTreeMap<String, TargetResult>) -> Outcome {
         None => "Unsupported",
     };
     if failing.len() < results.len() {
-        return Outcome::Partial { reason, message, extra: Some(extra.unwrap_or(DEGRADED)) };
+        return Outcome::Partial {
+            reason,
+            message,
+            extra: Some(extra.unwrap_or(DEGRADED)),
+        };
     }
-    Outcome::Partial { reason, message, extra }
+    Outcome::Partial {
+        reason,
+        message,
+        extra,
+    }
 }
 
-fn set_conditions(status: &mut JitPolicyStatus, generation: Option<i64>, ctx: &Context, outcome: Outcome) {
+fn set_conditions(
+    status: &mut JitPolicyStatus,
+    generation: Option<i64>,
+    ctx: &Context,
+    outcome: Outcome,
+) {
     let now = time(ctx.now());
     let c = &mut status.conditions;
     let set = |c: &mut Vec<Condition>, kind: &str, on: bool, reason: &str, message: &str| {
@@ -402,7 +495,13 @@ fn set_conditions(status: &mut JitPolicyStatus, generation: Option<i64>, ctx: &C
     };
     match outcome {
         Outcome::Ready => {
-            set(c, READY, true, "Converged", "every target matches the policy");
+            set(
+                c,
+                READY,
+                true,
+                "Converged",
+                "every target matches the policy",
+            );
             set(c, RECONCILING, false, "Converged", "");
             set(c, STALLED, false, "Converged", "");
             for k in [CONFLICT, UNSUPPORTED, DEGRADED] {
@@ -421,7 +520,11 @@ fn set_conditions(status: &mut JitPolicyStatus, generation: Option<i64>, ctx: &C
             set(c, RECONCILING, false, reason, "");
             set(c, STALLED, true, reason, &m);
         }
-        Outcome::Partial { reason, message, extra } => {
+        Outcome::Partial {
+            reason,
+            message,
+            extra,
+        } => {
             set(c, READY, false, reason, &message);
             set(c, RECONCILING, false, reason, "");
             set(c, STALLED, true, reason, &message);
@@ -432,23 +535,45 @@ fn set_conditions(status: &mut JitPolicyStatus, generation: Option<i64>, ctx: &C
     }
 }
 
-async fn write_policy_status(api: &Api<JitPolicy>, name: &str, old: &JitPolicyStatus, new: &JitPolicyStatus) -> Result<(), kube::Error> {
+async fn write_policy_status(
+    api: &Api<JitPolicy>,
+    name: &str,
+    old: &JitPolicyStatus,
+    new: &JitPolicyStatus,
+) -> Result<(), kube::Error> {
     if old == new {
         return Ok(());
     }
-    let patch = json!({"apiVersion": "jit.portcullis.dev/v1alpha1", "kind": "JitPolicy", "status": new});
-    api.patch_status(name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch)).await?;
+    let patch =
+        json!({"apiVersion": "jit.portcullis.dev/v1alpha1", "kind": "JitPolicy", "status": new});
+    api.patch_status(
+        name,
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
     Ok(())
 }
 
 /// Writes a request's status (server-side apply, only when it changed).
-pub(super) async fn write_request_status(ctx: &Context, req: &AccessRequest, new: &AccessRequestStatus) -> Result<(), kube::Error> {
+pub(super) async fn write_request_status(
+    ctx: &Context,
+    req: &AccessRequest,
+    new: &AccessRequestStatus,
+) -> Result<(), kube::Error> {
     if req.status.as_ref() == Some(new) {
         return Ok(());
     }
     let api: Api<AccessRequest> = ctx.api(&req.namespace().unwrap_or_default());
     let patch = json!({"apiVersion": "jit.portcullis.dev/v1alpha1", "kind": "AccessRequest", "status": new});
-    match api.patch_status(&req.name_any(), &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch)).await {
+    match api
+        .patch_status(
+            &req.name_any(),
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+    {
         Ok(_) => Ok(()),
         // Deleted meanwhile: nothing left to record.
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
@@ -460,20 +585,41 @@ async fn add_finalizer(ctx: &Context, req: &AccessRequest) -> Result<(), kube::E
     let api: Api<AccessRequest> = ctx.api(&req.namespace().unwrap_or_default());
     let mut finalizers = req.finalizers().to_vec();
     finalizers.push(FINALIZER.to_string());
-    let patch = json!({"metadata": {"finalizers": finalizers, "resourceVersion": req.resource_version()}});
-    api.patch(&req.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    let patch =
+        json!({"metadata": {"finalizers": finalizers, "resourceVersion": req.resource_version()}});
+    api.patch(
+        &req.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await?;
     Ok(())
 }
 
 /// Removes the request's finalizer.
-pub(super) async fn remove_finalizer(ctx: &Context, req: &AccessRequest) -> Result<(), kube::Error> {
+pub(super) async fn remove_finalizer(
+    ctx: &Context,
+    req: &AccessRequest,
+) -> Result<(), kube::Error> {
     if !req.finalizers().iter().any(|f| f == FINALIZER) {
         return Ok(());
     }
     let api: Api<AccessRequest> = ctx.api(&req.namespace().unwrap_or_default());
-    let finalizers: Vec<&String> = req.finalizers().iter().filter(|f| *f != FINALIZER).collect();
-    let patch = json!({"metadata": {"finalizers": finalizers, "resourceVersion": req.resource_version()}});
-    match api.patch(&req.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await {
+    let finalizers: Vec<&String> = req
+        .finalizers()
+        .iter()
+        .filter(|f| *f != FINALIZER)
+        .collect();
+    let patch =
+        json!({"metadata": {"finalizers": finalizers, "resourceVersion": req.resource_version()}});
+    match api
+        .patch(
+            &req.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+    {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
         Err(e) => Err(e),
@@ -481,7 +627,13 @@ pub(super) async fn remove_finalizer(ctx: &Context, req: &AccessRequest) -> Resu
 }
 
 /// Publishes an event about `obj`; failures are logged, never fatal.
-pub(super) async fn publish<K: Resource<DynamicType = ()>>(ctx: &Context, obj: &K, type_: EventType, reason: &str, note: String) {
+pub(super) async fn publish<K: Resource<DynamicType = ()>>(
+    ctx: &Context,
+    obj: &K,
+    type_: EventType,
+    reason: &str,
+    note: String,
+) {
     let ev = KubeEvent {
         type_,
         reason: reason.to_string(),
@@ -513,7 +665,11 @@ pub(super) fn phase_of(ports: &[PortStatus]) -> Phase {
 }
 
 /// Sets a request's conditions from its phase.
-pub(super) fn request_conditions(s: &mut AccessRequestStatus, generation: Option<i64>, ctx: &Context) {
+pub(super) fn request_conditions(
+    s: &mut AccessRequestStatus,
+    generation: Option<i64>,
+    ctx: &Context,
+) {
     let now = time(ctx.now());
     let phase = s.phase.unwrap_or(Phase::Pending);
     let message = s.message.clone().unwrap_or_default();
@@ -523,8 +679,20 @@ pub(super) fn request_conditions(s: &mut AccessRequestStatus, generation: Option
         Phase::Active | Phase::Expired | Phase::Revoked => (true, false, false),
         Phase::Denied | Phase::Failed => (false, false, true),
     };
-    for (kind, on) in [(READY, ready), (RECONCILING, reconciling), (STALLED, stalled)] {
-        conditions::set(&mut s.conditions, kind, on, &reason, if on { &message } else { "" }, generation, now.clone());
+    for (kind, on) in [
+        (READY, ready),
+        (RECONCILING, reconciling),
+        (STALLED, stalled),
+    ] {
+        conditions::set(
+            &mut s.conditions,
+            kind,
+            on,
+            &reason,
+            if on { &message } else { "" },
+            generation,
+            now.clone(),
+        );
     }
 }
 
@@ -540,7 +708,9 @@ async fn settle_request(
     let mut s = old.clone();
     s.observed_generation = req.metadata.generation;
     let deleting = req.metadata.deletion_timestamp.is_some();
-    let target_done = results.get(&req.spec.target).is_some_and(|r| r.converged && r.error.is_none());
+    let target_done = results
+        .get(&req.spec.target)
+        .is_some_and(|r| r.converged && r.error.is_none());
     match &g.parsed {
         Err(errors) => {
             let granted = old.granted_at.is_some();
@@ -552,10 +722,21 @@ async fn settle_request(
                 .map(|(i, p)| {
                     let prev = old.ports.get(i).filter(|x| x.port == p.port);
                     match prev {
-                        Some(x) if matches!(x.state, Phase::Expired | Phase::Revoked | Phase::Denied | Phase::Failed) => x.clone(),
+                        Some(x)
+                            if matches!(
+                                x.state,
+                                Phase::Expired | Phase::Revoked | Phase::Denied | Phase::Failed
+                            ) =>
+                        {
+                            x.clone()
+                        }
                         _ => PortStatus {
                             port: p.port,
-                            state: if granted { Phase::Revoked } else { Phase::Denied },
+                            state: if granted {
+                                Phase::Revoked
+                            } else {
+                                Phase::Denied
+                            },
                             reason: granted.then_some(crate::api::PortReason::PolicyChanged),
                             expires_at: prev.and_then(|x| x.expires_at.clone()),
                             rule_ids: Vec::new(),
@@ -583,12 +764,16 @@ async fn settle_request(
                 .map(|(p, o)| {
                     let rule_ids: Vec<String> = owned
                         .iter()
-                        .filter(|x| x.stamp.owner == owner && x.port == p.spec && x.source == Some(p.source))
+                        .filter(|x| {
+                            x.stamp.owner == owner && x.port == p.spec && x.source == Some(p.source)
+                        })
                         .flat_map(|x| x.cloud_id.split(',').map(str::to_string))
                         .collect();
                     let state = match o.state {
                         // Open only once the cloud says so.
-                        PortState::Active if !(target_done && !rule_ids.is_empty()) => PortState::Pending,
+                        PortState::Active if !(target_done && !rule_ids.is_empty()) => {
+                            PortState::Pending
+                        }
                         s => s,
                     };
                     let (phase, reason) = convert::port_state_to_api(state);
@@ -597,13 +782,23 @@ async fn settle_request(
                         state: phase,
                         reason,
                         expires_at: o.expires_at.map(time),
-                        rule_ids: if phase == Phase::Active { rule_ids } else { Vec::new() },
+                        rule_ids: if phase == Phase::Active {
+                            rule_ids
+                        } else {
+                            Vec::new()
+                        },
                         connection: None,
                     }
                 })
                 .collect();
             s.message = Some(match phase_of(&s.ports) {
-                Phase::Active => format!("open until {}", outcome.expires_at().map(|t| t.to_string()).unwrap_or_default()),
+                Phase::Active => format!(
+                    "open until {}",
+                    outcome
+                        .expires_at()
+                        .map(|t| t.to_string())
+                        .unwrap_or_default()
+                ),
                 Phase::Pending => "opening".to_string(),
                 Phase::Expired => "closed: the grant expired".to_string(),
                 Phase::Revoked => "closed before its time".to_string(),
@@ -618,7 +813,10 @@ async fn settle_request(
     announce(ctx, req, &old, &s).await;
 
     // A deleted request lets go once nothing of it is open.
-    let all_closed = s.ports.iter().all(|p| p.state != Phase::Active && p.state != Phase::Pending);
+    let all_closed = s
+        .ports
+        .iter()
+        .all(|p| p.state != Phase::Active && p.state != Phase::Pending);
     if deleting && (all_closed && target_done || g.parsed.is_err()) {
         remove_finalizer(ctx, req).await?;
     }
@@ -626,7 +824,12 @@ async fn settle_request(
 }
 
 /// Events for what changed in a request's status.
-async fn announce(ctx: &Context, req: &AccessRequest, old: &AccessRequestStatus, new: &AccessRequestStatus) {
+async fn announce(
+    ctx: &Context,
+    req: &AccessRequest,
+    old: &AccessRequestStatus,
+    new: &AccessRequestStatus,
+) {
     if old.phase == new.phase {
         return;
     }

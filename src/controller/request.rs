@@ -5,14 +5,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use kube::ResourceExt;
 use kube::api::{Api, DeleteParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
-use kube::ResourceExt;
 use tracing::{info, instrument};
 
-use super::policy::{phase_of, publish, remove_finalizer, request_conditions, write_request_status};
+use super::policy::{
+    phase_of, publish, remove_finalizer, request_conditions, write_request_status,
+};
 use super::{Context, Error};
 use crate::api::{AccessRequest, JitPolicy, Phase, PortReason, PortStatus};
 use crate::metrics;
@@ -21,10 +23,13 @@ use crate::metrics;
 #[instrument(skip_all, fields(request = %format!("{}/{}", req.namespace().unwrap_or_default(), req.name_any())))]
 pub async fn reconcile(req: Arc<AccessRequest>, ctx: Arc<Context>) -> Result<Action, Error> {
     let result = settle(&req, &ctx).await;
-    metrics::reconcile("accessrequest", match &result {
-        Ok(_) => "ok",
-        Err(e) => e.category(),
-    });
+    metrics::reconcile(
+        "accessrequest",
+        match &result {
+            Ok(_) => "ok",
+            Err(e) => e.category(),
+        },
+    );
     result
 }
 
@@ -38,13 +43,18 @@ async fn settle(req: &AccessRequest, ctx: &Context) -> Result<Action, Error> {
     let policy_name = req.spec.policy_ref.name.clone();
     let policy_ref = ObjectRef::<JitPolicy>::new(&policy_name).within(&ns);
     let status = req.status.clone().unwrap_or_default();
-    let finished = matches!(status.phase, Some(Phase::Expired | Phase::Revoked | Phase::Denied | Phase::Failed));
+    let finished = matches!(
+        status.phase,
+        Some(Phase::Expired | Phase::Revoked | Phase::Denied | Phase::Failed)
+    );
 
     if finished && let Some(wait) = time_to_live_left(req, ctx) {
         if wait.is_zero() {
             info!("finished request reached its time to live; deleting it");
             let api: Api<AccessRequest> = ctx.api(&ns);
-            api.delete(&req.name_any(), &DeleteParams::default()).await.ok();
+            api.delete(&req.name_any(), &DeleteParams::default())
+                .await
+                .ok();
             return Ok(Action::await_change());
         }
         if ctx.policies.get(&policy_ref).is_none() {
@@ -78,17 +88,30 @@ async fn settle(req: &AccessRequest, ctx: &Context) -> Result<Action, Error> {
         .ports
         .iter()
         .enumerate()
-        .map(|(i, p)| match status.ports.get(i).filter(|x| x.port == p.port) {
-            Some(x) if matches!(x.state, Phase::Expired | Phase::Revoked | Phase::Denied | Phase::Failed) => x.clone(),
-            prev => PortStatus {
-                port: p.port,
-                state: if granted { Phase::Revoked } else { Phase::Denied },
-                reason: granted.then_some(PortReason::PolicyChanged),
-                expires_at: prev.and_then(|x| x.expires_at.clone()),
-                rule_ids: Vec::new(),
-                connection: None,
+        .map(
+            |(i, p)| match status.ports.get(i).filter(|x| x.port == p.port) {
+                Some(x)
+                    if matches!(
+                        x.state,
+                        Phase::Expired | Phase::Revoked | Phase::Denied | Phase::Failed
+                    ) =>
+                {
+                    x.clone()
+                }
+                prev => PortStatus {
+                    port: p.port,
+                    state: if granted {
+                        Phase::Revoked
+                    } else {
+                        Phase::Denied
+                    },
+                    reason: granted.then_some(PortReason::PolicyChanged),
+                    expires_at: prev.and_then(|x| x.expires_at.clone()),
+                    rule_ids: Vec::new(),
+                    connection: None,
+                },
             },
-        })
+        )
         .collect();
     s.phase = Some(phase_of(&s.ports));
     s.message = Some(format!(
@@ -98,7 +121,14 @@ async fn settle(req: &AccessRequest, ctx: &Context) -> Result<Action, Error> {
     if req.status.as_ref() != Some(&s) {
         write_request_status(ctx, req, &s).await?;
         if status.phase != s.phase {
-            publish(ctx, req, EventType::Warning, if granted { "Revoked" } else { "Denied" }, s.message.clone().unwrap_or_default()).await;
+            publish(
+                ctx,
+                req,
+                EventType::Warning,
+                if granted { "Revoked" } else { "Denied" },
+                s.message.clone().unwrap_or_default(),
+            )
+            .await;
         }
     }
     Ok(Action::requeue(ctx.settings.resync))
@@ -112,7 +142,9 @@ fn time_to_live_left(req: &AccessRequest, ctx: &Context) -> Option<Duration> {
         .as_ref()?
         .conditions
         .iter()
-        .find(|c| c.type_ == crate::api::conditions::READY || c.type_ == crate::api::conditions::STALLED)
+        .find(|c| {
+            c.type_ == crate::api::conditions::READY || c.type_ == crate::api::conditions::STALLED
+        })
         .map(|c| c.last_transition_time.0)?;
     let age = Duration::try_from(ctx.now().duration_since(since)).unwrap_or(Duration::ZERO);
     Some(ttl.saturating_sub(age))

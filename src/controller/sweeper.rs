@@ -5,8 +5,8 @@
 
 use std::sync::Arc;
 
-use kube::api::{Api, ListParams};
 use kube::ResourceExt;
+use kube::api::{Api, ListParams};
 use tracing::{info, warn};
 
 use super::{Backends, Context, Settings};
@@ -22,7 +22,8 @@ pub fn live<'a>(
     settings: &Settings,
 ) -> Live {
     let mut live = Live::default();
-    live.aws_regions.extend(settings.aws_regions.iter().cloned());
+    live.aws_regions
+        .extend(settings.aws_regions.iter().cloned());
     for p in policies {
         let key = ObjectKey::new(p.namespace().unwrap_or_default(), p.name_any());
         for t in &p.spec.targets {
@@ -41,13 +42,20 @@ pub fn live<'a>(
             Some(Phase::Expired | Phase::Revoked | Phase::Denied | Phase::Failed)
         );
         if !finished {
-            live.requests.insert(stamp::owner_id(&ObjectKey::new(r.namespace().unwrap_or_default(), r.name_any())));
+            live.requests.insert(stamp::owner_id(&ObjectKey::new(
+                r.namespace().unwrap_or_default(),
+                r.name_any(),
+            )));
         }
     }
     live
 }
 
-async fn sweep_all(backends: &Backends, now: jiff::Timestamp, live: &Live) -> Result<SweepReport, CloudError> {
+async fn sweep_all(
+    backends: &Backends,
+    now: jiff::Timestamp,
+    live: &Live,
+) -> Result<SweepReport, CloudError> {
     let mut total = SweepReport::default();
     for backend in [&backends.aws, &backends.azure].into_iter().flatten() {
         let r = backend.sweep(now, live).await?;
@@ -78,12 +86,18 @@ pub async fn startup_sweep(
 pub async fn run(ctx: Arc<Context>) {
     loop {
         tokio::time::sleep(ctx.settings.resync).await;
-        if ctx.policies.wait_until_ready().await.is_err() || ctx.requests.wait_until_ready().await.is_err() {
+        if ctx.policies.wait_until_ready().await.is_err()
+            || ctx.requests.wait_until_ready().await.is_err()
+        {
             continue;
         }
         let policies = ctx.policies.state();
         let requests = ctx.requests.state();
-        let live = live(policies.iter().map(|p| p.as_ref()), requests.iter().map(|r| r.as_ref()), &ctx.settings);
+        let live = live(
+            policies.iter().map(|p| p.as_ref()),
+            requests.iter().map(|r| r.as_ref()),
+            &ctx.settings,
+        );
         match sweep_all(&ctx.backends, ctx.now(), &live).await {
             Ok(r) if r != SweepReport::default() => info!(report = ?r, "swept"),
             Ok(_) => {}

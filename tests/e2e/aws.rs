@@ -68,13 +68,20 @@ spec:
 
     async fn create_policy(&self, name: &str) {
         let p: JitPolicy = serde_saphyr::from_str(&self.policy_yaml(name)).unwrap();
-        self.policies.create(&PostParams::default(), &p).await.unwrap();
+        self.policies
+            .create(&PostParams::default(), &p)
+            .await
+            .unwrap();
     }
 
     async fn ready_policy(&self, name: &str) -> JitPolicy {
+        self.ready_policy_within(name, MINUTE).await
+    }
+
+    async fn ready_policy_within(&self, name: &str, timeout: Duration) -> JitPolicy {
         let api = self.policies.clone();
         let name = name.to_string();
-        eventually(&format!("policy {name} Ready"), MINUTE, || {
+        eventually(&format!("policy {name} Ready"), timeout, || {
             let (api, name) = (api.clone(), name.clone());
             async move {
                 let p = api.get(&name).await.ok()?;
@@ -102,7 +109,10 @@ spec:
 "#
         );
         let r: AccessRequest = serde_saphyr::from_str(&yaml).unwrap();
-        self.requests.create(&PostParams::default(), &r).await.unwrap();
+        self.requests
+            .create(&PostParams::default(), &r)
+            .await
+            .unwrap();
     }
 
     async fn phase(&self, name: &str, phase: Phase, timeout: Duration) -> AccessRequest {
@@ -132,7 +142,11 @@ spec:
         }
     }
 
-    async fn wait_owned_rules(&self, what: &str, want: usize) -> Vec<(String, i32, i32, String, String)> {
+    async fn wait_owned_rules(
+        &self,
+        what: &str,
+        want: usize,
+    ) -> Vec<(String, i32, i32, String, String)> {
         eventually(what, MINUTE, || async {
             let rules = self.owned_rules().await;
             (rules.len() == want).then_some(rules)
@@ -142,7 +156,11 @@ spec:
 
     async fn revoke(&self, name: &str) {
         self.requests
-            .patch(name, &PatchParams::default(), &Patch::Merge(serde_json::json!({"spec": {"revoke": true}})))
+            .patch(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(serde_json::json!({"spec": {"revoke": true}})),
+            )
             .await
             .unwrap();
     }
@@ -165,14 +183,33 @@ async fn aws_baseline_grant_and_expiry() {
 
     // 1. 22 is revoked and recorded; 443 stays.
     let now = aws::ingress_summary(&w.ec2, &w.vm.group_id).await;
-    assert_eq!(now, vec![("tcp".into(), 443, 443, "0.0.0.0/0".into(), "https".into())], "{}", w.dump());
+    assert_eq!(
+        now,
+        vec![("tcp".into(), 443, 443, "0.0.0.0/0".into(), "https".into())],
+        "{}",
+        w.dump()
+    );
     let t = &p.status.as_ref().unwrap().targets[0];
     assert_eq!(t.baseline.as_deref(), Some("Enforced"));
     assert_eq!(t.revoked_rules.len(), 1);
     let rec = &t.revoked_rules[0];
     assert_eq!(
-        (rec.group_id.as_str(), rec.ip_protocol.as_str(), rec.from_port, rec.to_port, rec.cidr_ipv4.as_deref(), rec.description.as_deref()),
-        (w.vm.group_id.as_str(), "tcp", 22, 22, Some("0.0.0.0/0"), Some("ssh from anywhere"))
+        (
+            rec.group_id.as_str(),
+            rec.ip_protocol.as_str(),
+            rec.from_port,
+            rec.to_port,
+            rec.cidr_ipv4.as_deref(),
+            rec.description.as_deref()
+        ),
+        (
+            w.vm.group_id.as_str(),
+            "tcp",
+            22,
+            22,
+            Some("0.0.0.0/0"),
+            Some("ssh from anywhere")
+        )
     );
     assert_eq!(t.network_interface_ids, vec![w.vm.eni_id.clone()]);
     assert!(original.iter().any(|r| r.1 == 22));
@@ -184,15 +221,42 @@ async fn aws_baseline_grant_and_expiry() {
     let granted_in = asked.elapsed();
     let rules = w.owned_rules().await;
     assert_eq!(rules.len(), 1, "{rules:?}");
-    assert_eq!((rules[0].0.as_str(), rules[0].1, rules[0].2, rules[0].3.as_str()), ("tcp", 22, 22, "203.0.113.7/32"));
-    assert!(rules[0].4.starts_with(&format!("portcullis owner={}/ssh expires=", w.ns)), "{}", rules[0].4);
+    assert_eq!(
+        (
+            rules[0].0.as_str(),
+            rules[0].1,
+            rules[0].2,
+            rules[0].3.as_str()
+        ),
+        ("tcp", 22, 22, "203.0.113.7/32")
+    );
+    assert!(
+        rules[0]
+            .4
+            .starts_with(&format!("portcullis owner={}/ssh expires=", w.ns)),
+        "{}",
+        rules[0].4
+    );
     let group = w.owned_group().await.unwrap();
-    assert_eq!(aws::eni_groups(&w.ec2, &w.vm.eni_id).await, vec![w.vm.group_id.clone(), group.clone()]);
+    let mut attached = aws::eni_groups(&w.ec2, &w.vm.eni_id).await;
+    attached.sort();
+    let mut want = vec![w.vm.group_id.clone(), group.clone()];
+    want.sort();
+    assert_eq!(
+        attached, want,
+        "the owned group is attached beside the ENI's own group"
+    );
     let s = r.status.as_ref().unwrap();
-    let (granted_at, expires_at) = (s.granted_at.clone().unwrap().0, s.expires_at.clone().unwrap().0);
+    let (granted_at, expires_at) = (
+        s.granted_at.clone().unwrap().0,
+        s.expires_at.clone().unwrap().0,
+    );
     assert_eq!(expires_at.duration_since(granted_at).as_secs(), 30);
     assert_eq!(s.ports[0].rule_ids.len(), 1);
-    eprintln!("METRIC aws grant latency: {:.3}s (request created → status Active)", granted_in.as_secs_f64());
+    eprintln!(
+        "METRIC aws grant latency: {:.3}s (request created → status Active)",
+        granted_in.as_secs_f64()
+    );
 
     // 3. At expiry the rule goes and the request says Expired.
     let gone = eventually("the grant's rule to go", MINUTE, || async {
@@ -202,11 +266,23 @@ async fn aws_baseline_grant_and_expiry() {
     let lag = gone.duration_since(expires_at);
     let r = w.phase("ssh", Phase::Expired, MINUTE).await;
     assert_eq!(port_reason(&r), Some(PortReason::Expired));
-    eprintln!("METRIC aws expiry lag: {:.3}s (expiresAt → rule gone, polled every 100ms)", lag.as_secs_f64());
-    assert!(lag.as_secs_f64() < 5.0, "rule outlived its grant by {lag:?}");
+    eprintln!(
+        "METRIC aws expiry lag: {:.3}s (expiresAt → rule gone, polled every 100ms)",
+        lag.as_secs_f64()
+    );
+    assert!(
+        lag.as_secs_f64() < 5.0,
+        "rule outlived its grant by {lag:?}"
+    );
     // The emptied owned group is detached and deleted.
-    eventually("the owned group to go", MINUTE, || async { w.owned_group().await.is_none().then_some(()) }).await;
-    assert_eq!(aws::eni_groups(&w.ec2, &w.vm.eni_id).await, vec![w.vm.group_id.clone()]);
+    eventually("the owned group to go", MINUTE, || async {
+        w.owned_group().await.is_none().then_some(())
+    })
+    .await;
+    assert_eq!(
+        aws::eni_groups(&w.ec2, &w.vm.eni_id).await,
+        vec![w.vm.group_id.clone()]
+    );
 }
 
 #[tokio::test]
@@ -214,8 +290,10 @@ async fn aws_early_revoke_by_flag_and_by_delete() {
     let w = World::new("aws-revoke", Faults::None).await;
     w.create_policy("jit").await;
     w.ready_policy("jit").await;
-    w.create_request("by-flag", 22, "203.0.113.7/32", "10m").await;
-    w.create_request("by-delete", 22, "203.0.113.8/32", "10m").await;
+    w.create_request("by-flag", 22, "203.0.113.7/32", "10m")
+        .await;
+    w.create_request("by-delete", 22, "203.0.113.8/32", "10m")
+        .await;
     w.phase("by-flag", Phase::Active, MINUTE).await;
     w.phase("by-delete", Phase::Active, MINUTE).await;
     assert_eq!(w.owned_rules().await.len(), 2);
@@ -226,9 +304,17 @@ async fn aws_early_revoke_by_flag_and_by_delete() {
     let rules = w.wait_owned_rules("one rule left", 1).await;
     assert_eq!(rules[0].3, "203.0.113.8/32");
 
-    w.requests.delete("by-delete", &DeleteParams::default()).await.unwrap();
+    w.requests
+        .delete("by-delete", &DeleteParams::default())
+        .await
+        .unwrap();
     eventually("the deleted request to disappear", MINUTE, || async {
-        w.requests.get_opt("by-delete").await.unwrap().is_none().then_some(())
+        w.requests
+            .get_opt("by-delete")
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
     })
     .await;
     assert!(w.owned_rules().await.is_empty());
@@ -242,13 +328,20 @@ async fn aws_newer_request_supersedes() {
     w.create_request("first", 22, "203.0.113.7/32", "10m").await;
     w.phase("first", Phase::Active, MINUTE).await;
     tokio::time::sleep(Duration::from_millis(1100)).await; // creation times have second precision
-    w.create_request("second", 22, "203.0.113.7/32", "20m").await;
+    w.create_request("second", 22, "203.0.113.7/32", "20m")
+        .await;
     w.phase("second", Phase::Active, MINUTE).await;
     let first = w.phase("first", Phase::Revoked, MINUTE).await;
     assert_eq!(port_reason(&first), Some(PortReason::NewerRequestInitiated));
     let rules = w.owned_rules().await;
     assert_eq!(rules.len(), 1, "{rules:?}");
-    assert!(rules[0].4.starts_with(&format!("portcullis owner={}/second ", w.ns)), "{}", rules[0].4);
+    assert!(
+        rules[0]
+            .4
+            .starts_with(&format!("portcullis owner={}/second ", w.ns)),
+        "{}",
+        rules[0].4
+    );
 }
 
 #[tokio::test]
@@ -265,14 +358,27 @@ async fn aws_drift_is_healed_both_ways() {
         (!rules.iter().any(|r| r.1 == 22)).then_some(())
     })
     .await;
-    eprintln!("METRIC aws baseline drift healed in {:.3}s (resync 2s)", healed.elapsed().as_secs_f64());
+    eprintln!(
+        "METRIC aws baseline drift healed in {:.3}s (resync 2s)",
+        healed.elapsed().as_secs_f64()
+    );
 
     // Someone removes the owned rule during a grant: put back.
     w.create_request("ssh", 22, "203.0.113.7/32", "10m").await;
     w.phase("ssh", Phase::Active, MINUTE).await;
     let group = w.owned_group().await.unwrap();
-    let ids: Vec<String> = aws::ingress(&w.ec2, &group).await.iter().filter_map(|r| r.security_group_rule_id().map(str::to_string)).collect();
-    w.ec2.revoke_security_group_ingress().group_id(&group).set_security_group_rule_ids(Some(ids)).send().await.unwrap();
+    let ids: Vec<String> = aws::ingress(&w.ec2, &group)
+        .await
+        .iter()
+        .filter_map(|r| r.security_group_rule_id().map(str::to_string))
+        .collect();
+    w.ec2
+        .revoke_security_group_ingress()
+        .group_id(&group)
+        .set_security_group_rule_ids(Some(ids))
+        .send()
+        .await
+        .unwrap();
     w.wait_owned_rules("the owned rule put back", 1).await;
 
     let p = eventually("drift counted", MINUTE, || async {
@@ -292,24 +398,49 @@ async fn aws_deleting_the_policy_restores_everything() {
     w.create_request("ssh", 22, "203.0.113.7/32", "10m").await;
     w.phase("ssh", Phase::Active, MINUTE).await;
 
-    w.policies.delete("jit", &DeleteParams::default()).await.unwrap();
-    eventually("the policy to disappear", MINUTE, || async { w.policies.get_opt("jit").await.unwrap().is_none().then_some(()) }).await;
+    w.policies
+        .delete("jit", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually("the policy to disappear", MINUTE, || async {
+        w.policies
+            .get_opt("jit")
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
+    })
+    .await;
     assert_eq!(aws::ingress_summary(&w.ec2, &w.vm.group_id).await, original);
     assert!(w.owned_group().await.is_none());
-    assert_eq!(aws::eni_groups(&w.ec2, &w.vm.eni_id).await, vec![w.vm.group_id.clone()]);
+    assert_eq!(
+        aws::eni_groups(&w.ec2, &w.vm.eni_id).await,
+        vec![w.vm.group_id.clone()]
+    );
     let r = w.phase("ssh", Phase::Revoked, MINUTE).await;
     assert_eq!(port_reason(&r), Some(PortReason::PolicyChanged));
     // No stamped rule anywhere in the VPC.
     let all = w
         .ec2
         .describe_security_groups()
-        .filters(aws_sdk_ec2::types::Filter::builder().name("vpc-id").values(&w.vm.vpc_id).build())
+        .filters(
+            aws_sdk_ec2::types::Filter::builder()
+                .name("vpc-id")
+                .values(&w.vm.vpc_id)
+                .build(),
+        )
         .send()
         .await
         .unwrap();
     for g in all.security_groups() {
         for rule in aws::ingress(&w.ec2, g.group_id().unwrap()).await {
-            assert!(!rule.description().unwrap_or_default().starts_with("portcullis"), "{rule:?}");
+            assert!(
+                !rule
+                    .description()
+                    .unwrap_or_default()
+                    .starts_with("portcullis"),
+                "{rule:?}"
+            );
         }
     }
 }
@@ -323,9 +454,27 @@ async fn aws_invalid_requests_are_denied_without_cloud_writes() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     w.proxy.clear();
     let cases = [
-        ("wrong-port", 23, "203.0.113.7/32", "10m", "spec.ports[0].port"),
-        ("too-long", 22, "203.0.113.7/32", "2h", "spec.ports[0].duration"),
-        ("outside", 22, "198.51.100.7/32", "10m", "spec.ports[0].sourcePrefix"),
+        (
+            "wrong-port",
+            23,
+            "203.0.113.7/32",
+            "10m",
+            "spec.ports[0].port",
+        ),
+        (
+            "too-long",
+            22,
+            "203.0.113.7/32",
+            "2h",
+            "spec.ports[0].duration",
+        ),
+        (
+            "outside",
+            22,
+            "198.51.100.7/32",
+            "10m",
+            "spec.ports[0].sourcePrefix",
+        ),
     ];
     for (name, port, source, duration, _) in cases {
         w.create_request(name, port, source, duration).await;
@@ -336,18 +485,168 @@ async fn aws_invalid_requests_are_denied_without_cloud_writes() {
         assert!(msg.contains(field), "{name}: {msg}");
     }
     tokio::time::sleep(Duration::from_secs(3)).await; // a full resync more
-    assert_eq!(w.proxy.writes(), Vec::<String>::new(), "cloud writes for denied requests");
-    assert!(!w.proxy.calls().is_empty(), "the proxy saw no call at all: is it in the path?");
+    assert_eq!(
+        w.proxy.writes(),
+        Vec::<String>::new(),
+        "cloud writes for denied requests"
+    );
+    assert!(
+        !w.proxy.calls().is_empty(),
+        "the proxy saw no call at all: is it in the path?"
+    );
 }
 
 #[tokio::test]
 async fn aws_converges_under_throttling() {
     let w = World::new("aws-throttle", Faults::ThrottleEvery(3)).await;
+    let start = Instant::now();
     w.create_policy("jit").await;
-    w.ready_policy("jit").await;
+    w.ready_policy_within("jit", MINUTE).await;
     w.create_request("ssh", 22, "203.0.113.7/32", "10m").await;
     w.phase("ssh", Phase::Active, MINUTE).await;
+    eprintln!(
+        "METRIC aws throttling: baseline + grant converged in {:.1}s with every 3rd call throttled",
+        start.elapsed().as_secs_f64()
+    );
     assert_eq!(w.owned_rules().await.len(), 1);
     assert!(w.proxy.injected() > 0, "no fault was injected");
-    eprintln!("METRIC aws throttling: converged with {} injected RequestLimitExceeded of {} calls", w.proxy.injected(), w.proxy.calls().len());
+    eprintln!(
+        "METRIC aws throttling: converged with {} injected RequestLimitExceeded of {} calls",
+        w.proxy.injected(),
+        w.proxy.calls().len()
+    );
+}
+
+/// Sleeps until `t` (no-op when it is past).
+async fn sleep_until(t: jiff::Timestamp) {
+    let d = t.duration_since(jiff::Timestamp::now());
+    if let Ok(d) = Duration::try_from(d) {
+        tokio::time::sleep(d).await;
+    }
+}
+
+#[tokio::test]
+async fn aws_sigkill_at_any_point_converges() {
+    let mut w = World::new("aws-crash", Faults::None).await;
+    let original = aws::ingress_summary(&w.ec2, &w.vm.group_id).await;
+    let mut kills = 0;
+    let mut crash = |w: &mut World, downtime_ms: u64, when: &str| {
+        w.operator.kill();
+        kills += 1;
+        eprintln!("SIGKILL #{kills} {when}");
+        let op = &mut w.operator;
+        std::thread::sleep(Duration::from_millis(downtime_ms));
+        op.restart();
+    };
+
+    // While the baseline is being put in place.
+    w.create_policy("jit").await;
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    crash(&mut w, 0, "while enforcing the baseline");
+    w.ready_policy("jit").await;
+
+    // While grants are being opened.
+    w.create_request("long", 22, "203.0.113.7/32", "10m").await;
+    for (i, secs) in [12, 14, 16].iter().enumerate() {
+        w.create_request(
+            &format!("short-{i}"),
+            22,
+            &format!("203.0.113.{}/32", 20 + i),
+            &format!("{secs}s"),
+        )
+        .await;
+    }
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    crash(&mut w, 0, "60ms after four requests were filed");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    crash(&mut w, 100, "during the first reconciles after a restart");
+    w.phase("long", Phase::Active, MINUTE).await;
+    let expiries: Vec<jiff::Timestamp> = {
+        let mut v = Vec::new();
+        for i in 0..3 {
+            let r = w.phase(&format!("short-{i}"), Phase::Active, MINUTE).await;
+            v.push(r.status.unwrap().expires_at.unwrap().0);
+        }
+        v
+    };
+
+    // Around the expiries: just before one, just after one, and down across one.
+    sleep_until(expiries[0] - jiff::SignedDuration::from_millis(150)).await;
+    crash(&mut w, 0, "150ms before the first expiry");
+    sleep_until(expiries[1] + jiff::SignedDuration::from_millis(30)).await;
+    crash(&mut w, 0, "30ms after the second expiry");
+    sleep_until(expiries[2] - jiff::SignedDuration::from_millis(500)).await;
+    w.operator.kill();
+    kills += 1;
+    eprintln!("SIGKILL #{kills} 500ms before the third expiry, down for 2.5s");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // The request of the third expiry is deleted while the operator is down: the startup
+    // sweep must still remove its expired rule.
+    w.requests
+        .delete("short-2", &DeleteParams::default())
+        .await
+        .unwrap();
+    let restarted = jiff::Timestamp::now();
+    w.operator.restart();
+    assert!(kills >= 5);
+
+    for i in 0..2 {
+        let r = w.phase(&format!("short-{i}"), Phase::Expired, MINUTE).await;
+        assert_eq!(port_reason(&r), Some(PortReason::Expired));
+    }
+    // Exactly the desired state: one rule for `long`, nothing else, no duplicates.
+    let rules = w.wait_owned_rules("only the long grant left", 1).await;
+    let swept_in = jiff::Timestamp::now().duration_since(restarted);
+    assert_eq!(
+        (rules[0].1, rules[0].3.as_str()),
+        (22, "203.0.113.7/32"),
+        "{rules:?}"
+    );
+    assert!(
+        rules[0]
+            .4
+            .starts_with(&format!("portcullis owner={}/long ", w.ns))
+    );
+    let group = w.owned_group().await.unwrap();
+    let mut attached = aws::eni_groups(&w.ec2, &w.vm.eni_id).await;
+    attached.sort();
+    let mut want = vec![w.vm.group_id.clone(), group];
+    want.sort();
+    assert_eq!(attached, want);
+    let foreign = aws::ingress_summary(&w.ec2, &w.vm.group_id).await;
+    assert_eq!(
+        foreign,
+        original
+            .iter()
+            .filter(|r| r.1 != 22)
+            .cloned()
+            .collect::<Vec<_>>()
+    );
+    let p = w.ready_policy("jit").await;
+    assert_eq!(
+        p.status.unwrap().targets[0].revoked_rules.len(),
+        1,
+        "the revocation is recorded once"
+    );
+    eprintln!(
+        "METRIC aws crash test: {kills} SIGKILLs; expired rules gone {:.2}s after the last restart",
+        swept_in.as_secs_f64()
+    );
+
+    // And once the policy goes, the original rules come back exactly.
+    w.policies
+        .delete("jit", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually("the policy to disappear", MINUTE, || async {
+        w.policies
+            .get_opt("jit")
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    assert_eq!(aws::ingress_summary(&w.ec2, &w.vm.group_id).await, original);
+    assert!(w.owned_group().await.is_none());
 }

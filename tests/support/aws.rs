@@ -31,15 +31,31 @@ fn open_to_world(port: i32, description: &str) -> IpPermission {
         .ip_protocol("tcp")
         .from_port(port)
         .to_port(port)
-        .ip_ranges(IpRange::builder().cidr_ip("0.0.0.0/0").description(description).build())
+        .ip_ranges(
+            IpRange::builder()
+                .cidr_ip("0.0.0.0/0")
+                .description(description)
+                .build(),
+        )
         .build()
 }
 
 /// Creates the fixture.
 pub async fn instance(ec2: &Client) -> Instance {
-    let vpc = ec2.create_vpc().cidr_block("10.0.0.0/16").send().await.unwrap();
+    let vpc = ec2
+        .create_vpc()
+        .cidr_block("10.0.0.0/16")
+        .send()
+        .await
+        .unwrap();
     let vpc_id = vpc.vpc().unwrap().vpc_id().unwrap().to_string();
-    let subnet = ec2.create_subnet().vpc_id(&vpc_id).cidr_block("10.0.1.0/24").send().await.unwrap();
+    let subnet = ec2
+        .create_subnet()
+        .vpc_id(&vpc_id)
+        .cidr_block("10.0.1.0/24")
+        .send()
+        .await
+        .unwrap();
     let subnet_id = subnet.subnet().unwrap().subnet_id().unwrap().to_string();
     let sg = ec2
         .create_security_group()
@@ -59,7 +75,12 @@ pub async fn instance(ec2: &Client) -> Instance {
             .unwrap();
     }
     let images = ec2.describe_images().send().await.unwrap();
-    let image = images.images().first().and_then(|i| i.image_id()).expect("moto has images").to_string();
+    let image = images
+        .images()
+        .first()
+        .and_then(|i| i.image_id())
+        .expect("moto has images")
+        .to_string();
     let run = ec2
         .run_instances()
         .image_id(image)
@@ -73,7 +94,10 @@ pub async fn instance(ec2: &Client) -> Instance {
     let inst = &run.instances()[0];
     Instance {
         instance_id: inst.instance_id().unwrap().to_string(),
-        eni_id: inst.network_interfaces()[0].network_interface_id().unwrap().to_string(),
+        eni_id: inst.network_interfaces()[0]
+            .network_interface_id()
+            .unwrap()
+            .to_string(),
         group_id,
         vpc_id,
     }
@@ -104,7 +128,10 @@ pub async fn ingress(ec2: &Client, group_id: &str) -> Vec<SecurityGroupRule> {
 }
 
 /// `(protocol, from, to, cidr, description)` of each ingress rule, sorted.
-pub async fn ingress_summary(ec2: &Client, group_id: &str) -> Vec<(String, i32, i32, String, String)> {
+pub async fn ingress_summary(
+    ec2: &Client,
+    group_id: &str,
+) -> Vec<(String, i32, i32, String, String)> {
     let mut v: Vec<_> = ingress(ec2, group_id)
         .await
         .iter()
@@ -113,7 +140,10 @@ pub async fn ingress_summary(ec2: &Client, group_id: &str) -> Vec<(String, i32, 
                 r.ip_protocol().unwrap_or_default().to_string(),
                 r.from_port().unwrap_or(-1),
                 r.to_port().unwrap_or(-1),
-                r.cidr_ipv4().or(r.cidr_ipv6()).unwrap_or_default().to_string(),
+                r.cidr_ipv4()
+                    .or(r.cidr_ipv6())
+                    .unwrap_or_default()
+                    .to_string(),
                 r.description().unwrap_or_default().to_string(),
             )
         })
@@ -124,17 +154,34 @@ pub async fn ingress_summary(ec2: &Client, group_id: &str) -> Vec<(String, i32, 
 
 /// The groups attached to an ENI, read from the ENI (DescribeInstances lags in moto).
 pub async fn eni_groups(ec2: &Client, eni_id: &str) -> Vec<String> {
-    let out = ec2.describe_network_interfaces().network_interface_ids(eni_id).send().await.unwrap();
-    out.network_interfaces()[0].groups().iter().filter_map(|g| g.group_id().map(str::to_string)).collect()
+    let out = ec2
+        .describe_network_interfaces()
+        .network_interface_ids(eni_id)
+        .send()
+        .await
+        .unwrap();
+    out.network_interfaces()[0]
+        .groups()
+        .iter()
+        .filter_map(|g| g.group_id().map(str::to_string))
+        .collect()
 }
 
 /// Security groups carrying the Portcullis cluster tag `cluster`.
 pub async fn owned_groups(ec2: &Client, cluster: &str) -> Vec<String> {
     let out = ec2
         .describe_security_groups()
-        .filters(Filter::builder().name("tag:portcullis.dev/cluster").values(cluster).build())
+        .filters(
+            Filter::builder()
+                .name("tag:portcullis.dev/cluster")
+                .values(cluster)
+                .build(),
+        )
         .send()
         .await
         .unwrap();
-    out.security_groups().iter().filter_map(|g| g.group_id().map(str::to_string)).collect()
+    out.security_groups()
+        .iter()
+        .filter_map(|g| g.group_id().map(str::to_string))
+        .collect()
 }

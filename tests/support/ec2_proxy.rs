@@ -66,15 +66,23 @@ impl Ec2Proxy {
         let addr: SocketAddr = listener.local_addr().unwrap();
         let state = Arc::new(State::default());
         let upstream = upstream.to_string();
-        let client: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+        let client: Client<HttpConnector, Full<Bytes>> =
+            Client::builder(TokioExecutor::new()).build_http();
         let st = state.clone();
         tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { return };
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
                 let (st, client, upstream) = (st.clone(), client.clone(), upstream.clone());
                 tokio::spawn(async move {
-                    let svc = service_fn(move |req| forward(req, st.clone(), client.clone(), upstream.clone()));
-                    http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await.ok();
+                    let svc = service_fn(move |req| {
+                        forward(req, st.clone(), client.clone(), upstream.clone())
+                    });
+                    http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await
+                        .ok();
                 });
             }
         });
@@ -96,7 +104,10 @@ impl Ec2Proxy {
 
     /// The write actions seen so far.
     pub fn writes(&self) -> Vec<String> {
-        self.calls().into_iter().filter(|a| WRITES.contains(&a.as_str())).collect()
+        self.calls()
+            .into_iter()
+            .filter(|a| WRITES.contains(&a.as_str()))
+            .collect()
     }
 
     /// Forgets the calls seen so far.
@@ -136,7 +147,11 @@ async fn forward(
     upstream: String,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let (parts, body) = req.into_parts();
-    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
     let action = action_of(&body);
     st.calls.lock().unwrap().push(action.clone());
     let n = st.seq.fetch_add(1, Ordering::SeqCst) + 1;
@@ -144,15 +159,30 @@ async fn forward(
     match faults {
         Faults::ThrottleEvery(k) if k > 0 && n % k == 0 => {
             st.injected.fetch_add(1, Ordering::SeqCst);
-            return Ok(ec2_error(503, "RequestLimitExceeded", "Request limit exceeded."));
+            return Ok(ec2_error(
+                503,
+                "RequestLimitExceeded",
+                "Request limit exceeded.",
+            ));
         }
         Faults::ServerErrorEvery(k) if k > 0 && n % k == 0 => {
             st.injected.fetch_add(1, Ordering::SeqCst);
-            return Ok(ec2_error(500, "InternalError", "An internal error has occurred."));
+            return Ok(ec2_error(
+                500,
+                "InternalError",
+                "An internal error has occurred.",
+            ));
         }
         _ => {}
     }
-    let uri = format!("{upstream}{}", parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"));
+    let uri = format!(
+        "{upstream}{}",
+        parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/")
+    );
     let mut up = Request::builder().method(parts.method).uri(uri);
     for (k, v) in parts.headers.iter() {
         if k != "host" {
@@ -163,7 +193,11 @@ async fn forward(
     match client.request(up).await {
         Ok(resp) => {
             let (parts, body) = resp.into_parts();
-            let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+            let body = body
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
             Ok(Response::from_parts(parts, Full::new(body)))
         }
         Err(e) => Ok(ec2_error(502, "ProxyError", &e.to_string())),

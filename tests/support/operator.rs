@@ -37,7 +37,10 @@ impl Operator {
             ("AWS_SECRET_ACCESS_KEY".into(), "testing".into()),
             ("AWS_REGION".into(), super::aws::REGION.into()),
             ("AWS_EC2_METADATA_DISABLED".into(), "true".into()),
-            ("RUST_LOG".into(), "info,portcullis=debug,kube_runtime=warn,aws=warn".into()),
+            (
+                "RUST_LOG".into(),
+                "info,portcullis=debug,kube_runtime=warn,aws=warn".into(),
+            ),
         ];
         let mut op = Operator {
             child: None,
@@ -56,7 +59,8 @@ impl Operator {
         self.starts += 1;
         let log = self.log.with_extension(format!("{}.log", self.starts));
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_portcullis"));
-        cmd.args(&self.args).envs(self.envs.iter().map(|(k, v)| (k, v)));
+        cmd.args(&self.args)
+            .envs(self.envs.iter().map(|(k, v)| (k, v)));
         self.child = Some(spawn_bound(&mut cmd, &log).expect("start portcullis"));
     }
 
@@ -70,7 +74,8 @@ impl Operator {
 
     /// The log of the current (or last) run.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.log.with_extension(format!("{}.log", self.starts))).unwrap_or_default()
+        std::fs::read_to_string(self.log.with_extension(format!("{}.log", self.starts)))
+            .unwrap_or_default()
     }
 }
 

@@ -86,22 +86,33 @@ pub fn owned_rules(location: &str, rules: &[&SecurityGroupRule]) -> Vec<OwnedRul
         });
         // A rule we did not write the way we write them (a range, a group source, a
         // missing source) gets no source, so it matches no grant and is removed.
-        let single_port = (from == to).then(|| u16::try_from(from).ok().and_then(NonZeroU16::new)).flatten();
+        let single_port = (from == to)
+            .then(|| u16::try_from(from).ok().and_then(NonZeroU16::new))
+            .flatten();
         let source: Option<IpNet> = source.parse().ok().filter(|_| single_port.is_some());
         let port = single_port.unwrap_or(NonZeroU16::MIN);
         if both {
-            let ids: Vec<&str> = rules.iter().filter_map(|r| r.security_group_rule_id()).collect();
+            let ids: Vec<&str> = rules
+                .iter()
+                .filter_map(|r| r.security_group_rule_id())
+                .collect();
             out.push(OwnedRule {
                 location: location.to_string(),
                 cloud_id: ids.join(","),
                 access: Access::Allow,
-                port: PortSpec { port, protocol: Proto::Any },
+                port: PortSpec {
+                    port,
+                    protocol: Proto::Any,
+                },
                 source,
                 stamp: stamp.clone(),
                 priority: None,
             });
             // Anything beyond the pair (e.g. an all-traffic rule) is its own rule.
-            for r in rules.iter().filter(|r| !matches!(r.ip_protocol(), Some("tcp" | "udp"))) {
+            for r in rules
+                .iter()
+                .filter(|r| !matches!(r.ip_protocol(), Some("tcp" | "udp")))
+            {
                 out.push(owned_one(location, r, port, None, &stamp));
             }
         } else {
@@ -117,7 +128,13 @@ pub fn owned_rules(location: &str, rules: &[&SecurityGroupRule]) -> Vec<OwnedRul
     out
 }
 
-fn owned_one(location: &str, r: &SecurityGroupRule, port: NonZeroU16, source: Option<IpNet>, stamp: &Stamp) -> OwnedRule {
+fn owned_one(
+    location: &str,
+    r: &SecurityGroupRule,
+    port: NonZeroU16,
+    source: Option<IpNet>,
+    stamp: &Stamp,
+) -> OwnedRule {
     let protocol = match r.ip_protocol() {
         Some("udp") => Proto::Udp,
         _ => Proto::Tcp,
@@ -143,10 +160,23 @@ pub fn grant_permissions(grant: &Grant) -> Vec<IpPermission> {
     ec2_protocols(grant.port.protocol)
         .iter()
         .map(|proto| {
-            let b = IpPermission::builder().ip_protocol(*proto).from_port(port).to_port(port);
+            let b = IpPermission::builder()
+                .ip_protocol(*proto)
+                .from_port(port)
+                .to_port(port);
             match grant.source {
-                IpNet::V4(n) => b.ip_ranges(IpRange::builder().cidr_ip(n.to_string()).description(&description).build()),
-                IpNet::V6(n) => b.ipv6_ranges(Ipv6Range::builder().cidr_ipv6(n.to_string()).description(&description).build()),
+                IpNet::V4(n) => b.ip_ranges(
+                    IpRange::builder()
+                        .cidr_ip(n.to_string())
+                        .description(&description)
+                        .build(),
+                ),
+                IpNet::V6(n) => b.ipv6_ranges(
+                    Ipv6Range::builder()
+                        .cidr_ipv6(n.to_string())
+                        .description(&description)
+                        .build(),
+                ),
             }
             .build()
         })
@@ -180,12 +210,24 @@ pub fn restore_permission(spec: &ForeignRuleSpec) -> IpPermission {
     }
     let d = spec.description.clone();
     match &spec.source {
-        ForeignSource::Cidr(c) if c.contains(':') => b.ipv6_ranges(Ipv6Range::builder().cidr_ipv6(c).set_description(d).build()),
-        ForeignSource::Cidr(c) => b.ip_ranges(IpRange::builder().cidr_ip(c).set_description(d).build()),
-        ForeignSource::Group(g) => b.user_id_group_pairs(UserIdGroupPair::builder().group_id(g).set_description(d).build()),
-        ForeignSource::PrefixList(p) | ForeignSource::Tag(p) => {
-            b.prefix_list_ids(PrefixListId::builder().prefix_list_id(p).set_description(d).build())
+        ForeignSource::Cidr(c) if c.contains(':') => {
+            b.ipv6_ranges(Ipv6Range::builder().cidr_ipv6(c).set_description(d).build())
         }
+        ForeignSource::Cidr(c) => {
+            b.ip_ranges(IpRange::builder().cidr_ip(c).set_description(d).build())
+        }
+        ForeignSource::Group(g) => b.user_id_group_pairs(
+            UserIdGroupPair::builder()
+                .group_id(g)
+                .set_description(d)
+                .build(),
+        ),
+        ForeignSource::PrefixList(p) | ForeignSource::Tag(p) => b.prefix_list_ids(
+            PrefixListId::builder()
+                .prefix_list_id(p)
+                .set_description(d)
+                .build(),
+        ),
     }
     .build()
 }

@@ -5,9 +5,12 @@
 //! ENI and target, tagged, with one rule per grant, attached beside the ENI's groups;
 //! detached and deleted when empty.
 //!
-//! The SDK's adaptive retry mode backs off with jitter on `RequestLimitExceeded` and 5xx,
-//! under a client-side rate limiter shared by all clients of the process (one retry
-//! partition); what still fails is classified for the controller.
+//! The SDK's standard retry mode backs off with full jitter on `RequestLimitExceeded` and
+//! 5xx, under one retry-token bucket shared by all clients of the process (one retry
+//! partition), so a throttling storm drains the shared budget instead of multiplying
+//! calls; what still fails is classified for the controller, which backs off again.
+//! (The adaptive mode's client-side limiter was measured too: with every third call
+//! throttled it slowed a first grant to 203 s, which is no use for just-in-time access.)
 
 mod convert;
 mod errors;
@@ -57,7 +60,7 @@ impl AwsBackend {
     pub async fn from_env(cluster: &str) -> Self {
         let base = aws_config::defaults(BehaviorVersion::latest())
             .retry_config(
-                RetryConfig::adaptive()
+                RetryConfig::standard()
                     .with_max_attempts(6)
                     .with_initial_backoff(Duration::from_millis(100))
                     .with_max_backoff(Duration::from_secs(5)),
@@ -88,7 +91,12 @@ impl AwsBackend {
 /// Records a call's outcome and classifies its error.
 async fn call<T, E>(
     op: &'static str,
-    fut: impl std::future::Future<Output = Result<T, aws_sdk_ec2::error::SdkError<E, aws_sdk_ec2::config::http::HttpResponse>>>,
+    fut: impl std::future::Future<
+        Output = Result<
+            T,
+            aws_sdk_ec2::error::SdkError<E, aws_sdk_ec2::config::http::HttpResponse>,
+        >,
+    >,
 ) -> Result<T, CloudError>
 where
     E: aws_sdk_ec2::error::ProvideErrorMetadata + std::error::Error + 'static,
@@ -110,7 +118,12 @@ where
 async fn call_tolerant<T, E>(
     op: &'static str,
     benign: &[&str],
-    fut: impl std::future::Future<Output = Result<T, aws_sdk_ec2::error::SdkError<E, aws_sdk_ec2::config::http::HttpResponse>>>,
+    fut: impl std::future::Future<
+        Output = Result<
+            T,
+            aws_sdk_ec2::error::SdkError<E, aws_sdk_ec2::config::http::HttpResponse>,
+        >,
+    >,
 ) -> Result<Option<T>, CloudError>
 where
     E: aws_sdk_ec2::error::ProvideErrorMetadata + std::error::Error + 'static,
@@ -140,12 +153,18 @@ fn filter(name: &str, values: impl IntoIterator<Item = impl Into<String>>) -> Fi
 }
 
 fn tag<'a>(g: &'a SecurityGroup, key: &str) -> Option<&'a str> {
-    g.tags().iter().find(|t| t.key() == Some(key)).and_then(|t| t.value())
+    g.tags()
+        .iter()
+        .find(|t| t.key() == Some(key))
+        .and_then(|t| t.value())
 }
 
 fn aws_locator(locator: &Locator) -> Result<(&str, &str), CloudError> {
     match locator {
-        Locator::Aws { region, instance_id } => Ok((region, instance_id)),
+        Locator::Aws {
+            region,
+            instance_id,
+        } => Ok((region, instance_id)),
         Locator::Azure { .. } => Err(CloudError::Fatal {
             op: "observe",
             code: "WrongCloud".into(),
@@ -160,7 +179,10 @@ fn owned_group_name(eni: &str, target: &str) -> String {
 }
 
 /// Reads the ingress rules of some groups, all pages.
-async fn ingress_rules(ec2: &Client, groups: &[String]) -> Result<Vec<SecurityGroupRule>, CloudError> {
+async fn ingress_rules(
+    ec2: &Client,
+    groups: &[String],
+) -> Result<Vec<SecurityGroupRule>, CloudError> {
     let mut out = Vec::new();
     for chunk in groups.chunks(200) {
         let mut token = None;
@@ -174,7 +196,12 @@ async fn ingress_rules(ec2: &Client, groups: &[String]) -> Result<Vec<SecurityGr
                     .send(),
             )
             .await?;
-            out.extend(page.security_group_rules().iter().filter(|r| r.is_egress() != Some(true)).cloned());
+            out.extend(
+                page.security_group_rules()
+                    .iter()
+                    .filter(|r| r.is_egress() != Some(true))
+                    .cloned(),
+            );
             match page.next_token() {
                 Some(t) if !t.is_empty() => token = Some(t.to_string()),
                 _ => break,
@@ -185,7 +212,11 @@ async fn ingress_rules(ec2: &Client, groups: &[String]) -> Result<Vec<SecurityGr
 }
 
 /// Describes security groups by id or filter, all pages.
-async fn groups(ec2: &Client, ids: Vec<String>, filters: Vec<Filter>) -> Result<Vec<SecurityGroup>, CloudError> {
+async fn groups(
+    ec2: &Client,
+    ids: Vec<String>,
+    filters: Vec<Filter>,
+) -> Result<Vec<SecurityGroup>, CloudError> {
     if ids.is_empty() && filters.is_empty() {
         return Ok(Vec::new());
     }
@@ -198,7 +229,11 @@ async fn groups(ec2: &Client, ids: Vec<String>, filters: Vec<Filter>) -> Result<
         } else {
             req = req.set_group_ids(Some(ids.clone()));
         }
-        let page = call("DescribeSecurityGroups", req.set_filters(Some(filters.clone())).send()).await?;
+        let page = call(
+            "DescribeSecurityGroups",
+            req.set_filters(Some(filters.clone())).send(),
+        )
+        .await?;
         out.extend(page.security_groups().iter().cloned());
         match page.next_token() {
             Some(t) if !t.is_empty() => token = Some(t.to_string()),
@@ -210,12 +245,20 @@ async fn groups(ec2: &Client, ids: Vec<String>, filters: Vec<Filter>) -> Result<
 
 #[async_trait]
 impl Backend for AwsBackend {
-    async fn observe(&self, target: &TargetKey, locator: &Locator) -> Result<Observation, CloudError> {
+    async fn observe(
+        &self,
+        target: &TargetKey,
+        locator: &Locator,
+    ) -> Result<Observation, CloudError> {
         let (region, instance_id) = aws_locator(locator)?;
         let ec2 = self.client(region);
         let tid = target_id(target);
 
-        let out = call("DescribeInstances", ec2.describe_instances().instance_ids(instance_id).send()).await?;
+        let out = call(
+            "DescribeInstances",
+            ec2.describe_instances().instance_ids(instance_id).send(),
+        )
+        .await?;
         let instance = out
             .reservations()
             .iter()
@@ -245,7 +288,9 @@ impl Backend for AwsBackend {
         } else {
             call(
                 "DescribeNetworkInterfaces",
-                ec2.describe_network_interfaces().set_network_interface_ids(Some(eni_ids.clone())).send(),
+                ec2.describe_network_interfaces()
+                    .set_network_interface_ids(Some(eni_ids.clone()))
+                    .send(),
             )
             .await?
             .network_interfaces()
@@ -253,7 +298,11 @@ impl Backend for AwsBackend {
         };
         let attached: BTreeSet<String> = enis
             .iter()
-            .flat_map(|e| e.groups().iter().filter_map(|g| g.group_id().map(str::to_string)))
+            .flat_map(|e| {
+                e.groups()
+                    .iter()
+                    .filter_map(|g| g.group_id().map(str::to_string))
+            })
             .collect();
         let attached_groups = groups(&ec2, attached.iter().cloned().collect(), Vec::new()).await?;
         let managed: BTreeSet<String> = attached_groups
@@ -261,38 +310,68 @@ impl Backend for AwsBackend {
             .filter(|g| tag(g, TAG_MANAGED).is_some())
             .filter_map(|g| g.group_id().map(str::to_string))
             .collect();
-        let owned_groups = groups(&ec2, Vec::new(), vec![filter(&format!("tag:{TAG_TARGET}"), [tid.clone()])]).await?;
+        let owned_groups = groups(
+            &ec2,
+            Vec::new(),
+            vec![filter(&format!("tag:{TAG_TARGET}"), [tid.clone()])],
+        )
+        .await?;
         // ENI → owned group; a group whose ENI tag is missing serves no ENI.
         let mut owned_by_eni: BTreeMap<String, String> = BTreeMap::new();
         let mut owned_location: BTreeMap<String, String> = BTreeMap::new();
         for g in &owned_groups {
-            let (Some(id), Some(eni)) = (g.group_id(), tag(g, TAG_ENI)) else { continue };
-            let attached_here = enis
-                .iter()
-                .any(|e| e.network_interface_id() == Some(eni) && e.groups().iter().any(|x| x.group_id() == Some(id)));
+            let (Some(id), Some(eni)) = (g.group_id(), tag(g, TAG_ENI)) else {
+                continue;
+            };
+            let attached_here = enis.iter().any(|e| {
+                e.network_interface_id() == Some(eni)
+                    && e.groups().iter().any(|x| x.group_id() == Some(id))
+            });
             // Rules in an owned group that is not attached where it should be do not
             // count as present: the plan puts them back through an attached group.
-            let location = if attached_here { eni.to_string() } else { format!("detached:{eni}") };
-            owned_by_eni.entry(eni.to_string()).or_insert_with(|| id.to_string());
+            let location = if attached_here {
+                eni.to_string()
+            } else {
+                format!("detached:{eni}")
+            };
+            owned_by_eni
+                .entry(eni.to_string())
+                .or_insert_with(|| id.to_string());
             owned_location.insert(id.to_string(), location);
         }
 
-        let foreign_groups: Vec<String> = attached.iter().filter(|g| !managed.contains(*g)).cloned().collect();
+        let foreign_groups: Vec<String> = attached
+            .iter()
+            .filter(|g| !managed.contains(*g))
+            .cloned()
+            .collect();
         let mut all: Vec<String> = foreign_groups.clone();
         all.extend(owned_location.keys().cloned());
-        let rules = if all.is_empty() { Vec::new() } else { ingress_rules(&ec2, &all).await? };
+        let rules = if all.is_empty() {
+            Vec::new()
+        } else {
+            ingress_rules(&ec2, &all).await?
+        };
 
         let mut observed = Observed {
             locations: eni_ids.clone(),
             ..Observed::default()
         };
         for (group, location) in &owned_location {
-            let in_group: Vec<&SecurityGroupRule> = rules.iter().filter(|r| r.group_id() == Some(group)).collect();
-            observed.owned.extend(convert::owned_rules(location, &in_group));
+            let in_group: Vec<&SecurityGroupRule> = rules
+                .iter()
+                .filter(|r| r.group_id() == Some(group))
+                .collect();
+            observed
+                .owned
+                .extend(convert::owned_rules(location, &in_group));
         }
         observed.foreign = rules
             .iter()
-            .filter(|r| r.group_id().is_some_and(|g| foreign_groups.iter().any(|f| f == g)))
+            .filter(|r| {
+                r.group_id()
+                    .is_some_and(|g| foreign_groups.iter().any(|f| f == g))
+            })
             .filter_map(convert::foreign_rule)
             .collect();
 
@@ -300,9 +379,17 @@ impl Backend for AwsBackend {
             .iter()
             .map(|e| {
                 let id = e.network_interface_id().unwrap_or_default().to_string();
-                let attached: Vec<String> = e.groups().iter().filter_map(|g| g.group_id().map(str::to_string)).collect();
+                let attached: Vec<String> = e
+                    .groups()
+                    .iter()
+                    .filter_map(|g| g.group_id().map(str::to_string))
+                    .collect();
                 Interface {
-                    groups: attached.iter().filter(|g| !managed.contains(*g)).cloned().collect(),
+                    groups: attached
+                        .iter()
+                        .filter(|g| !managed.contains(*g))
+                        .cloned()
+                        .collect(),
                     owned_group: owned_by_eni.get(&id).cloned(),
                     private_ips: e
                         .private_ip_addresses()
@@ -321,11 +408,22 @@ impl Backend for AwsBackend {
                 interfaces,
                 ..Resolved::default()
             },
-            housekeeping: owned_groups_needing_cleanup(&owned_groups, &owned_location, &rules, &eni_ids),
+            housekeeping: owned_groups_needing_cleanup(
+                &owned_groups,
+                &owned_location,
+                &rules,
+                &eni_ids,
+            ),
         })
     }
 
-    async fn apply(&self, target: &TargetKey, locator: &Locator, obs: &Observation, plan: &Plan) -> Result<(), CloudError> {
+    async fn apply(
+        &self,
+        target: &TargetKey,
+        locator: &Locator,
+        obs: &Observation,
+        plan: &Plan,
+    ) -> Result<(), CloudError> {
         let (region, _) = aws_locator(locator)?;
         let ec2 = self.client(region);
         let tid = target_id(target);
@@ -355,11 +453,17 @@ impl Backend for AwsBackend {
                 Change::DeleteOwned(rule) => {
                     *remaining.entry(rule.location.clone()).or_default() -= 1;
                     if let Some(g) = group_of_location(&rule.location) {
-                        revoke.entry(g).or_default().extend(rule.cloud_id.split(',').map(str::to_string));
+                        revoke
+                            .entry(g)
+                            .or_default()
+                            .extend(rule.cloud_id.split(',').map(str::to_string));
                     }
                 }
                 Change::RevokeForeign(rule) => {
-                    revoke_foreign.entry(rule.spec.container.clone()).or_default().push(rule.cloud_id.clone());
+                    revoke_foreign
+                        .entry(rule.spec.container.clone())
+                        .or_default()
+                        .push(rule.cloud_id.clone());
                 }
                 Change::Restamp { rule, grant } => {
                     if let Some(g) = group_of_location(&rule.location) {
@@ -381,7 +485,10 @@ impl Backend for AwsBackend {
                 }
                 Change::CreateGrant { location, grant } => {
                     *remaining.entry(location.clone()).or_default() += 1;
-                    create.entry(location.clone()).or_default().extend(convert::grant_permissions(grant));
+                    create
+                        .entry(location.clone())
+                        .or_default()
+                        .extend(convert::grant_permissions(grant));
                 }
             }
         }
@@ -392,7 +499,10 @@ impl Backend for AwsBackend {
         for (group, updates) in restamp {
             call(
                 "ModifySecurityGroupRules",
-                ec2.modify_security_group_rules().group_id(&group).set_security_group_rules(Some(updates)).send(),
+                ec2.modify_security_group_rules()
+                    .group_id(&group)
+                    .set_security_group_rules(Some(updates))
+                    .send(),
             )
             .await?;
         }
@@ -402,8 +512,14 @@ impl Backend for AwsBackend {
 
         // 2. Owned groups: emptied ones go; needed ones exist and are attached.
         for i in &obs.resolved.interfaces {
-            let Some(group) = &i.owned_group else { continue };
-            let kept = remaining.get(&i.id).copied().unwrap_or(0) + remaining.get(&format!("detached:{}", i.id)).copied().unwrap_or(0);
+            let Some(group) = &i.owned_group else {
+                continue;
+            };
+            let kept = remaining.get(&i.id).copied().unwrap_or(0)
+                + remaining
+                    .get(&format!("detached:{}", i.id))
+                    .copied()
+                    .unwrap_or(0);
             if kept <= 0 && !create.contains_key(&i.id) {
                 detach(&ec2, i, group).await?;
                 delete_group(&ec2, group).await?;
@@ -413,7 +529,16 @@ impl Backend for AwsBackend {
             let Some(i) = iface(&eni) else { continue };
             let group = match &i.owned_group {
                 Some(g) => g.clone(),
-                None => ensure_group(&ec2, &self.cluster, &tid, &eni, obs.resolved.network.as_deref()).await?,
+                None => {
+                    ensure_group(
+                        &ec2,
+                        &self.cluster,
+                        &tid,
+                        &eni,
+                        obs.resolved.network.as_deref(),
+                    )
+                    .await?
+                }
             };
             attach(&ec2, i, &group).await?;
             authorize(&ec2, &group, perms).await?;
@@ -433,11 +558,22 @@ impl Backend for AwsBackend {
         let mut report = SweepReport::default();
         for region in &live.aws_regions {
             let ec2 = self.client(region);
-            let owned = groups(&ec2, Vec::new(), vec![filter(&format!("tag:{TAG_CLUSTER}"), [self.cluster.clone()])]).await?;
+            let owned = groups(
+                &ec2,
+                Vec::new(),
+                vec![filter(
+                    &format!("tag:{TAG_CLUSTER}"),
+                    [self.cluster.clone()],
+                )],
+            )
+            .await?;
             if owned.is_empty() {
                 continue;
             }
-            let ids: Vec<String> = owned.iter().filter_map(|g| g.group_id().map(str::to_string)).collect();
+            let ids: Vec<String> = owned
+                .iter()
+                .filter_map(|g| g.group_id().map(str::to_string))
+                .collect();
             let rules = ingress_rules(&ec2, &ids).await?;
             for g in &owned {
                 let Some(id) = g.group_id() else { continue };
@@ -445,8 +581,14 @@ impl Backend for AwsBackend {
                 let mut gone = Vec::new();
                 for r in rules.iter().filter(|r| r.group_id() == Some(id)) {
                     let stamp = r.description().and_then(stamp::parse);
-                    let expired = stamp.as_ref().and_then(|s| s.expires_at).is_some_and(|t| t <= now);
-                    let orphan = !target_live || stamp.as_ref().is_none_or(|s| !live.requests.contains(&s.owner));
+                    let expired = stamp
+                        .as_ref()
+                        .and_then(|s| s.expires_at)
+                        .is_some_and(|t| t <= now);
+                    let orphan = !target_live
+                        || stamp
+                            .as_ref()
+                            .is_none_or(|s| !live.requests.contains(&s.owner));
                     if let Some(rid) = r.security_group_rule_id() {
                         if expired {
                             report.expired += 1;
@@ -462,13 +604,19 @@ impl Backend for AwsBackend {
                     // Nobody reconciles this group any more: detach it wherever it is.
                     let enis = call(
                         "DescribeNetworkInterfaces",
-                        ec2.describe_network_interfaces().filters(filter("group-id", [id])).send(),
+                        ec2.describe_network_interfaces()
+                            .filters(filter("group-id", [id]))
+                            .send(),
                     )
                     .await?;
                     for e in enis.network_interfaces() {
                         let i = Interface {
                             id: e.network_interface_id().unwrap_or_default().to_string(),
-                            attached: e.groups().iter().filter_map(|g| g.group_id().map(str::to_string)).collect(),
+                            attached: e
+                                .groups()
+                                .iter()
+                                .filter_map(|g| g.group_id().map(str::to_string))
+                                .collect(),
                             ..Interface::default()
                         };
                         detach(&ec2, &i, id).await?;
@@ -483,7 +631,11 @@ impl Backend for AwsBackend {
 }
 
 fn owned_group_for(obs: &Observation, eni: &str) -> Option<String> {
-    obs.resolved.interfaces.iter().find(|i| i.id == eni).and_then(|i| i.owned_group.clone())
+    obs.resolved
+        .interfaces
+        .iter()
+        .find(|i| i.id == eni)
+        .and_then(|i| i.owned_group.clone())
 }
 
 /// Whether an owned group of this target is empty (to be deleted) although the plan may
@@ -505,11 +657,17 @@ async fn revoke_rules(ec2: &Client, group: &str, ids: &[String]) -> Result<(), C
     if ids.is_empty() {
         return Ok(());
     }
-    const GONE: &[&str] = &["InvalidSecurityGroupRuleId.NotFound", "InvalidPermission.NotFound"];
+    const GONE: &[&str] = &[
+        "InvalidSecurityGroupRuleId.NotFound",
+        "InvalidPermission.NotFound",
+    ];
     let batch = call_tolerant(
         "RevokeSecurityGroupIngress",
         GONE,
-        ec2.revoke_security_group_ingress().group_id(group).set_security_group_rule_ids(Some(ids.to_vec())).send(),
+        ec2.revoke_security_group_ingress()
+            .group_id(group)
+            .set_security_group_rule_ids(Some(ids.to_vec()))
+            .send(),
     )
     .await?;
     if batch.is_none() && ids.len() > 1 {
@@ -518,7 +676,10 @@ async fn revoke_rules(ec2: &Client, group: &str, ids: &[String]) -> Result<(), C
             call_tolerant(
                 "RevokeSecurityGroupIngress",
                 GONE,
-                ec2.revoke_security_group_ingress().group_id(group).security_group_rule_ids(id).send(),
+                ec2.revoke_security_group_ingress()
+                    .group_id(group)
+                    .security_group_rule_ids(id)
+                    .send(),
             )
             .await?;
         }
@@ -534,7 +695,10 @@ async fn authorize(ec2: &Client, group: &str, perms: Vec<IpPermission>) -> Resul
     let batch = call_tolerant(
         "AuthorizeSecurityGroupIngress",
         DUP,
-        ec2.authorize_security_group_ingress().group_id(group).set_ip_permissions(Some(perms.clone())).send(),
+        ec2.authorize_security_group_ingress()
+            .group_id(group)
+            .set_ip_permissions(Some(perms.clone()))
+            .send(),
     )
     .await?;
     if batch.is_none() && perms.len() > 1 {
@@ -543,7 +707,10 @@ async fn authorize(ec2: &Client, group: &str, perms: Vec<IpPermission>) -> Resul
             call_tolerant(
                 "AuthorizeSecurityGroupIngress",
                 DUP,
-                ec2.authorize_security_group_ingress().group_id(group).ip_permissions(p).send(),
+                ec2.authorize_security_group_ingress()
+                    .group_id(group)
+                    .ip_permissions(p)
+                    .send(),
             )
             .await?;
         }
@@ -551,7 +718,13 @@ async fn authorize(ec2: &Client, group: &str, perms: Vec<IpPermission>) -> Resul
     Ok(())
 }
 
-async fn ensure_group(ec2: &Client, cluster: &str, target: &str, eni: &str, vpc: Option<&str>) -> Result<String, CloudError> {
+async fn ensure_group(
+    ec2: &Client,
+    cluster: &str,
+    target: &str,
+    eni: &str,
+    vpc: Option<&str>,
+) -> Result<String, CloudError> {
     let name = owned_group_name(eni, target);
     let tags = TagSpecification::builder()
         .resource_type(ResourceType::SecurityGroup)
@@ -599,7 +772,10 @@ async fn attach(ec2: &Client, iface: &Interface, group: &str) -> Result<(), Clou
     groups.push(group.to_string());
     call(
         "ModifyNetworkInterfaceAttribute",
-        ec2.modify_network_interface_attribute().network_interface_id(&iface.id).set_groups(Some(groups)).send(),
+        ec2.modify_network_interface_attribute()
+            .network_interface_id(&iface.id)
+            .set_groups(Some(groups))
+            .send(),
     )
     .await?;
     Ok(())
@@ -609,14 +785,22 @@ async fn detach(ec2: &Client, iface: &Interface, group: &str) -> Result<(), Clou
     if !iface.attached.iter().any(|g| g == group) {
         return Ok(());
     }
-    let groups: Vec<String> = iface.attached.iter().filter(|g| *g != group).cloned().collect();
+    let groups: Vec<String> = iface
+        .attached
+        .iter()
+        .filter(|g| *g != group)
+        .cloned()
+        .collect();
     if groups.is_empty() {
         // An ENI must keep one group; leaving ours (now empty) there opens nothing.
         return Ok(());
     }
     call(
         "ModifyNetworkInterfaceAttribute",
-        ec2.modify_network_interface_attribute().network_interface_id(&iface.id).set_groups(Some(groups)).send(),
+        ec2.modify_network_interface_attribute()
+            .network_interface_id(&iface.id)
+            .set_groups(Some(groups))
+            .send(),
     )
     .await?;
     Ok(())
