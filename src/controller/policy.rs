@@ -771,7 +771,7 @@ async fn settle_request(
                         .collect();
                     let state = match o.state {
                         // Open only once the cloud says so.
-                        PortState::Active if !(target_done && !rule_ids.is_empty()) => {
+                        PortState::Active if !target_done || rule_ids.is_empty() => {
                             PortState::Pending
                         }
                         s => s,

@@ -86,8 +86,9 @@ pub fn desired(policies: &[Policy], requests: &[Request], now: Timestamp) -> Des
 
     // First pass: each port's own fate; candidates for opening are collected per rule.
     type Slot = (ObjectKey, usize);
-    let mut candidates: BTreeMap<(TargetKey, RuleKey), Vec<(Timestamp, ObjectKey, usize, Grant)>> =
-        BTreeMap::new();
+    /// A request port that wants a rule: (created, request, port index, grant).
+    type Holder = (Timestamp, ObjectKey, usize, Grant);
+    let mut candidates: BTreeMap<(TargetKey, RuleKey), Vec<Holder>> = BTreeMap::new();
     let mut outcomes: BTreeMap<ObjectKey, RequestOutcome> = BTreeMap::new();
     for r in requests {
         let policy_key = ObjectKey::new(&r.key.namespace, &r.policy);

@@ -131,7 +131,9 @@ pub fn plan(desired: &TargetDesired, observed: &Observed, recorded: &[ForeignRul
     for rule in &observed.owned {
         let keep =
             kept.contains(rule.cloud_id.as_str()) && locations.contains(rule.location.as_str());
-        if !keep && !(mode == BaselineMode::DenyRule && rule.access == Access::Deny) {
+        // Azure deny rules are the baseline's, not the grants' (planned with the baseline).
+        let baseline_rule = mode == BaselineMode::DenyRule && rule.access == Access::Deny;
+        if !keep && !baseline_rule {
             changes.push(Change::DeleteOwned(rule.clone()));
         }
     }

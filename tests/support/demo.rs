@@ -1,34 +1,166 @@
-//! `cargo run --example demo`: Portcullis on the local test bed.
+//! `cargo run --example demo` (via `scripts/demo`): Portcullis on the local test bed.
 //!
-//! Starts etcd, a real kube-apiserver and moto on loopback, installs the CRDs and the
-//! examples, and says what to try next. Runs until Ctrl-C (or exits at once with
-//! `--exit`, for scripts); everything it started stops with it.
+//! Starts etcd, a real kube-apiserver and moto on loopback, installs the CRDs, creates a
+//! sample EC2 instance whose security group leaves SSH open to the world, starts the
+//! operator, applies a policy and a short request, and shows the port closing, opening
+//! for one address, and closing again at expiry. Then it keeps running until Ctrl-C (or
+//! exits at once with `--exit`, for scripts); everything it started stops with it.
 
 #[path = "mod.rs"]
 mod support;
 
+use std::time::{Duration, Instant};
+
+use kube::api::{Api, PostParams};
+use portcullis::api::{AccessRequest, JitPolicy, Phase};
+use support::aws;
 use support::kube_helpers::namespace_named;
+use support::operator::Operator;
 use support::testbed::{ADMIN, ALICE, Testbed, repo_root, run};
+
+const NS: &str = "demo";
+
+fn step(text: &str) {
+    println!("\n\x1b[1m==> {text}\x1b[0m");
+}
+
+async fn show_group(ec2: &aws_sdk_ec2::Client, what: &str, group: &str) {
+    println!("{what} ({group}) ingress:");
+    let rules = aws::ingress_summary(ec2, group).await;
+    if rules.is_empty() {
+        println!("    (none)");
+    }
+    for (proto, from, to, cidr, desc) in rules {
+        println!("    {proto} {from}-{to} from {cidr:<18} {desc}");
+    }
+}
+
+async fn wait_phase(api: &Api<AccessRequest>, name: &str, phase: Phase) -> AccessRequest {
+    let start = Instant::now();
+    loop {
+        if let Ok(r) = api.get(name).await
+            && r.status.as_ref().and_then(|s| s.phase) == Some(phase)
+        {
+            return r;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "request {name} never became {phase:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
 
 #[tokio::main]
 async fn main() -> Result<(), String> {
     let exit_at_once = std::env::args().any(|a| a == "--exit");
+    step("Starting the test bed: etcd, kube-apiserver 1.20 (real), moto's EC2 server");
     let tb = Testbed::start()?;
     tb.install_crds()?;
-    println!("CRDs installed and Established:");
     print!(
         "{}",
         run(tb.kubectl(ADMIN).args(["get", "crd", "-o", "name"]))?
     );
+    let client = tb.client(ADMIN).await;
+    namespace_named(&client, NS).await;
 
-    let ns = "demo";
-    namespace_named(&tb.client(ADMIN).await, ns).await;
+    step("Creating a sample EC2 instance (in moto) whose group leaves SSH open to the world");
+    let ec2 = aws::client(&tb.moto_url);
+    let vm = aws::instance(&ec2).await;
+    println!("instance {} with ENI {}", vm.instance_id, vm.eni_id);
+    show_group(&ec2, "its security group", &vm.group_id).await;
+
+    step("Starting the operator: portcullis run --namespace demo");
+    let mut operator = Operator::start(&tb, NS, &tb.moto_url, "10s");
+
+    step("Applying a JitPolicy for the instance (examples/jitpolicy-aws.yaml, with its id)");
+    let policy_yaml = std::fs::read_to_string(repo_root().join("examples/jitpolicy-aws.yaml"))
+        .map_err(|e| e.to_string())?
+        .replace("i-0123456789abcdef0", &vm.instance_id);
+    let policy: JitPolicy = serde_saphyr::from_str(&policy_yaml).map_err(|e| e.to_string())?;
+    let policies: Api<JitPolicy> = Api::namespaced(client.clone(), NS);
+    policies
+        .create(&PostParams::default(), &policy)
+        .await
+        .map_err(|e| e.to_string())?;
+    let start = Instant::now();
+    loop {
+        let p = policies
+            .get("build-hosts")
+            .await
+            .map_err(|e| e.to_string())?;
+        if p.status
+            .as_ref()
+            .is_some_and(|s| portcullis::api::conditions::is_true(&s.conditions, "Ready"))
+        {
+            break;
+        }
+        if start.elapsed() > Duration::from_secs(60) {
+            return Err(format!(
+                "the policy did not become Ready; operator log:\n{}",
+                operator.log()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     print!(
         "{}",
-        run(tb
-            .kubectl(ADMIN)
-            .args(["apply", "-n", ns, "-f"])
-            .arg(repo_root().join("examples")))?
+        run(tb.kubectl(ADMIN).args(["get", "jitpolicy", "-n", NS]))?
+    );
+    show_group(&ec2, "the instance's group now", &vm.group_id).await;
+
+    step("Filing an AccessRequest: SSH from 203.0.113.7/32 for 20s");
+    let request_yaml = std::fs::read_to_string(repo_root().join("examples/accessrequest.yaml"))
+        .map_err(|e| e.to_string())?
+        .replace("duration: 30m", "duration: 20s");
+    let request: AccessRequest =
+        serde_saphyr::from_str(&request_yaml).map_err(|e| e.to_string())?;
+    let requests: Api<AccessRequest> = Api::namespaced(client.clone(), NS);
+    let filed = Instant::now();
+    requests
+        .create(&PostParams::default(), &request)
+        .await
+        .map_err(|e| e.to_string())?;
+    let r = wait_phase(&requests, "fix-the-build", Phase::Active).await;
+    println!("open after {:.2}s", filed.elapsed().as_secs_f64());
+    print!(
+        "{}",
+        run(tb.kubectl(ADMIN).args(["get", "accessrequest", "-n", NS]))?
+    );
+    let owned = aws::owned_groups(&ec2, NS).await;
+    for g in &owned {
+        show_group(&ec2, "the operator's group on the ENI", g).await;
+    }
+
+    let expires = r.status.and_then(|s| s.expires_at).map(|t| t.0);
+    step(&format!(
+        "Waiting for the expiry at {}",
+        expires.map(|t| t.to_string()).unwrap_or_default()
+    ));
+    wait_phase(&requests, "fix-the-build", Phase::Expired).await;
+    if let Some(t) = expires {
+        println!(
+            "closed {:.2}s after expiresAt",
+            jiff::Timestamp::now().duration_since(t).as_secs_f64()
+        );
+    }
+    print!(
+        "{}",
+        run(tb.kubectl(ADMIN).args(["get", "accessrequest", "-n", NS]))?
+    );
+    for g in &owned {
+        show_group(&ec2, "the operator's group", g).await;
+    }
+    println!("events:");
+    print!(
+        "{}",
+        run(tb.kubectl(ADMIN).args([
+            "get",
+            "events",
+            "-n",
+            NS,
+            "--sort-by=.metadata.creationTimestamp"
+        ]))?
     );
 
     // A stable path for the kubeconfig, so the commands below can be pasted as they are.
@@ -38,34 +170,39 @@ async fn main() -> Result<(), String> {
         std::fs::copy(tb.kubeconfig(user), local.join(file)).map_err(|e| e.to_string())?;
     }
     let kc = local.join("kubeconfig");
-    println!();
-    print!(
-        "{}",
-        run(tb.kubectl(ADMIN).args(["get", "jitp,jitreq", "-n", ns]))?
-    );
     println!(
         "\nThe test bed is up:\n\
          \x20 API server  {api}  (kube-apiserver 1.20, etcd; users admin, alice, bob)\n\
-         \x20 AWS (moto)  {moto}\n\
-         \x20 logs        {dir}\n\n\
+         \x20 AWS (moto)  {moto}  (instance {id})\n\
+         \x20 logs        {dir}  (operator: operator-demo.1.log)\n\n\
          Try:\n\
          \x20 export KUBECONFIG={kc}\n\
-         \x20 kubectl get jitpolicies,accessrequests -n {ns}\n\
-         \x20 kubectl explain jitpolicy.spec.ports      # the schema, from the CRD\n\
-         \x20 kubectl apply -n {ns} -f examples/accessrequest.yaml\n\n\
-         The operator itself (`portcullis run`) is not wired up yet: the next issues make\n\
-         this command start it, open the port and close it again.\n",
+         \x20 kubectl get jitpolicies,accessrequests -n {NS}\n\
+         \x20 kubectl apply -n {NS} -f - <<EOF\n\
+         \x20 apiVersion: jit.portcullis.dev/v1alpha1\n\
+         \x20 kind: AccessRequest\n\
+         \x20 metadata: {{name: again}}\n\
+         \x20 spec:\n\
+         \x20   policyRef: {{name: build-hosts}}\n\
+         \x20   target: builder\n\
+         \x20   ports: [{{port: 22, sourcePrefix: 198.51.100.9/32, duration: 1m}}]\n\
+         \x20   justification: trying it out\n\
+         \x20 EOF\n\
+         \x20 kubectl get accessrequest again -n {NS} -w\n",
         api = tb.apiserver_url,
         moto = tb.moto_url,
+        id = vm.instance_id,
         dir = tb.dir.display(),
         kc = kc.display(),
     );
     if exit_at_once {
+        operator.kill();
         tb.stop();
         return Ok(());
     }
-    println!("Press Ctrl-C to stop the test bed.");
+    println!("Press Ctrl-C to stop the operator and the test bed.");
     tokio::signal::ctrl_c().await.map_err(|e| e.to_string())?;
+    operator.kill();
     tb.stop();
     Ok(())
 }

@@ -157,7 +157,7 @@ async fn forward(
     let n = st.seq.fetch_add(1, Ordering::SeqCst) + 1;
     let faults = *st.faults.lock().unwrap();
     match faults {
-        Faults::ThrottleEvery(k) if k > 0 && n % k == 0 => {
+        Faults::ThrottleEvery(k) if k > 0 && n.is_multiple_of(k) => {
             st.injected.fetch_add(1, Ordering::SeqCst);
             return Ok(ec2_error(
                 503,
@@ -165,7 +165,7 @@ async fn forward(
                 "Request limit exceeded.",
             ));
         }
-        Faults::ServerErrorEvery(k) if k > 0 && n % k == 0 => {
+        Faults::ServerErrorEvery(k) if k > 0 && n.is_multiple_of(k) => {
             st.injected.fetch_add(1, Ordering::SeqCst);
             return Ok(ec2_error(
                 500,

@@ -6,6 +6,18 @@ use std::process::{Child, Command};
 use super::process::spawn_bound;
 use super::testbed::{ADMIN, Testbed};
 
+/// The `portcullis` binary: Cargo names it for tests; examples find it beside themselves
+/// (`scripts/demo` builds it first).
+pub fn binary() -> PathBuf {
+    match option_env!("CARGO_BIN_EXE_portcullis") {
+        Some(p) => PathBuf::from(p),
+        None => std::env::current_exe()
+            .ok()
+            .and_then(|p| Some(p.parent()?.parent()?.join("portcullis")))
+            .expect("cannot locate the portcullis binary"),
+    }
+}
+
 /// A running `portcullis run` watching one namespace.
 pub struct Operator {
     child: Option<Child>,
@@ -58,7 +70,7 @@ impl Operator {
         assert!(self.child.is_none(), "operator still running");
         self.starts += 1;
         let log = self.log.with_extension(format!("{}.log", self.starts));
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_portcullis"));
+        let mut cmd = Command::new(binary());
         cmd.args(&self.args)
             .envs(self.envs.iter().map(|(k, v)| (k, v)));
         self.child = Some(spawn_bound(&mut cmd, &log).expect("start portcullis"));
