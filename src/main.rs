@@ -1,5 +1,6 @@
 //! The `portcullis` command: parse the command line and start what it asks for.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -7,6 +8,7 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 use portcullis::controller::{self, Backends, Settings};
 use portcullis::domain::duration;
+use portcullis::webhook;
 
 /// Just-in-time access to the management ports of cloud VMs.
 #[derive(Parser, Debug)]
@@ -52,6 +54,35 @@ struct RunArgs {
     /// Where to serve /metrics, /healthz and /readyz.
     #[arg(long, default_value = "0.0.0.0:8080")]
     metrics_listen: SocketAddr,
+    /// The namespace the operator runs in: its Secrets (requester-stamp key, webhook
+    /// certificate) live there.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "portcullis-system")]
+    operator_namespace: String,
+    /// The Secret holding the key that signs requester stamps (created when missing).
+    #[arg(long, default_value = "portcullis-requester-key")]
+    stamp_secret: String,
+    /// Do not serve or register the admission webhook. Requests then carry no requester
+    /// stamp and are denied: use only where another replica serves the webhook.
+    #[arg(long)]
+    no_webhook: bool,
+    /// Where the admission webhook listens.
+    #[arg(long, default_value = "0.0.0.0:9443")]
+    webhook_listen: SocketAddr,
+    /// The URL the API server calls for admission (outside a cluster, e.g.
+    /// https://127.0.0.1:9443). Without it the webhook configurations point at the
+    /// Service named by --webhook-service.
+    #[arg(long)]
+    webhook_url: Option<String>,
+    /// The operator's Service in --operator-namespace (port 443) that fronts the webhook.
+    #[arg(long, default_value = "portcullis-webhook")]
+    webhook_service: String,
+    /// Serve with the certificate in this directory (ca.crt, tls.crt, tls.key, e.g. from
+    /// cert-manager) instead of a self-made one kept in a Secret.
+    #[arg(long)]
+    webhook_cert_dir: Option<PathBuf>,
+    /// The name of the webhook configurations the operator registers.
+    #[arg(long, default_value = "portcullis")]
+    webhook_config_name: String,
     /// Log format.
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -103,16 +134,99 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     let settings = Settings {
         resync: args.resync,
-        namespace: args.namespace,
-        aws_regions: args.aws_regions,
+        namespace: args.namespace.clone(),
+        aws_regions: args.aws_regions.clone(),
         reporter: "portcullis".into(),
         finished_ttl: (!args.finished_ttl.is_zero()).then_some(args.finished_ttl),
     };
     let ready = portcullis::http::Readiness::default();
     let http = tokio::spawn(portcullis::http::serve(args.metrics_listen, ready.clone()));
+
+    let stamp_key = webhook::secrets::get_or_create(&client, &args.operator_namespace, &args.stamp_secret, || {
+        Ok(BTreeMap::from([("key".to_string(), webhook::secrets::random_key())]))
+    })
+    .await?
+    .remove("key")
+    .ok_or_else(|| anyhow::anyhow!("Secret {} has no key", args.stamp_secret))?;
+
+    let webhook = if args.no_webhook {
+        None
+    } else {
+        Some(start_webhook(&args, &client, &settings, stamp_key.clone()).await?)
+    };
     ready.set_ready();
     tokio::select! {
-        r = controller::run(client, backends, settings, Arc::new(jiff::Timestamp::now)) => r,
+        r = controller::run(client, backends, settings, Arc::new(jiff::Timestamp::now), stamp_key) => r,
         r = http => Err(anyhow::anyhow!("the metrics server stopped: {:?}", r)),
+        r = async { match webhook { Some(w) => w.await, None => std::future::pending().await } } => {
+            Err(anyhow::anyhow!("the admission webhook stopped: {:?}", r))
+        }
     }
+}
+
+/// Serves the admission webhook and keeps its configurations registered, with a current
+/// `caBundle`, re-applying them on every resync.
+async fn start_webhook(
+    args: &RunArgs,
+    client: &kube::Client,
+    settings: &Settings,
+    stamp_key: Vec<u8>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    use webhook::register::{Endpoint, Registration};
+    let endpoint = match &args.webhook_url {
+        Some(url) => Endpoint::Url(url.clone()),
+        None => Endpoint::Service {
+            namespace: args.operator_namespace.clone(),
+            name: args.webhook_service.clone(),
+            port: 443,
+        },
+    };
+    let material = match &args.webhook_cert_dir {
+        Some(dir) => webhook::tls::Material::from_dir(dir)?,
+        None => {
+            let names: Vec<String> = match &endpoint {
+                Endpoint::Url(url) => {
+                    let host = url.split("://").nth(1).unwrap_or(url).split(['/', ':']).next().unwrap_or("localhost");
+                    vec![host.to_string()]
+                }
+                Endpoint::Service { namespace, name, .. } => vec![
+                    name.clone(),
+                    format!("{name}.{namespace}"),
+                    format!("{name}.{namespace}.svc"),
+                    format!("{name}.{namespace}.svc.cluster.local"),
+                ],
+            };
+            // The Secret's name carries the names it was made for, so a new address gets
+            // a new certificate, and every replica serves the same one.
+            let secret = format!("{}-webhook-tls-{}", args.webhook_config_name, portcullis::domain::stamp::short_hash(&names.join(",")));
+            let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+            let data = webhook::secrets::get_or_create(client, &args.operator_namespace, &secret, || {
+                Ok(webhook::tls::Material::generate(&refs)?.to_secret())
+            })
+            .await?;
+            webhook::tls::Material::from_secret(&data)?
+        }
+    };
+    let admission = Arc::new(webhook::Admission {
+        client: client.clone(),
+        stamp_key,
+    });
+    let server = webhook::serve(args.webhook_listen, material.server_config()?, admission).await?;
+    let registration = Registration {
+        name: args.webhook_config_name.clone(),
+        endpoint,
+        ca_pem: material.ca_pem.clone(),
+        namespace: settings.namespace.clone(),
+    };
+    webhook::register::apply(client, &registration).await?;
+    let (client, resync) = (client.clone(), settings.resync);
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(resync).await;
+            if let Err(e) = webhook::register::apply(&client, &registration).await {
+                tracing::warn!(error = %e, "cannot re-apply the webhook configurations");
+            }
+        }
+    });
+    Ok(server)
 }

@@ -93,6 +93,8 @@ pub struct Context {
     pub recorder: Recorder,
     /// Asks the policy controller to reconcile a policy.
     pub trigger: mpsc::UnboundedSender<ObjectRef<JitPolicy>>,
+    /// Verifies requester stamps (shared with the admission webhook).
+    pub stamp_key: Vec<u8>,
 }
 
 impl Context {
@@ -159,6 +161,7 @@ pub async fn run(
     backends: Backends,
     settings: Settings,
     clock: Clock,
+    stamp_key: Vec<u8>,
 ) -> anyhow::Result<()> {
     let (policies_api, requests_api): (Api<JitPolicy>, Api<AccessRequest>) =
         match &settings.namespace {
@@ -193,6 +196,7 @@ pub async fn run(
         policies: policy_controller.store(),
         requests: request_controller.store(),
         trigger,
+        stamp_key,
     });
 
     let policies = policy_controller

@@ -22,6 +22,7 @@ use crate::api::{
     AccessRequest, AccessRequestStatus, JitPolicy, JitPolicyStatus, Phase, PortStatus,
 };
 use crate::cloud::{CloudError, Observation};
+use crate::domain::requester;
 use crate::domain::validate::{self, FieldError};
 use crate::domain::{
     Change, ForeignRuleSpec, ObjectKey, OwnedRule, PortSpec, PortState, Request, TargetDesired,
@@ -87,6 +88,8 @@ impl TargetError {
 struct Gathered {
     object: Arc<AccessRequest>,
     parsed: Result<Request, Vec<FieldError>>,
+    /// Who asked, when the stamp verifies.
+    requester: Option<crate::api::Requester>,
 }
 
 async fn converge(policy: &JitPolicy, ctx: &Context, deleting: bool) -> Result<Action, Error> {
@@ -140,6 +143,8 @@ async fn converge(policy: &JitPolicy, ctx: &Context, deleting: bool) -> Result<A
                 .as_ref()
                 .map(|t| t.0)
                 .unwrap_or(now);
+            let stamp = r.annotations().get(requester::ANNOTATION).map(String::as_str);
+            let requester = requester::verify(&ctx.stamp_key, &ns, stamp, &r.spec);
             let parsed = validate::request(
                 ObjectKey::new(&ns, r.name_any()),
                 &r.spec,
@@ -147,8 +152,20 @@ async fn converge(policy: &JitPolicy, ctx: &Context, deleting: bool) -> Result<A
                 created,
                 r.metadata.deletion_timestamp.is_some(),
                 recorded,
-            );
-            Gathered { object: r, parsed }
+            )
+            .and_then(|p| match &requester {
+                Ok(_) => Ok(p),
+                // Nothing opens for someone we cannot name.
+                Err(message) => Err(vec![FieldError {
+                    field: format!("metadata.annotations[{}]", requester::ANNOTATION),
+                    message: message.clone(),
+                }]),
+            });
+            Gathered {
+                object: r,
+                parsed,
+                requester: requester.ok(),
+            }
         })
         .collect();
     let valid: Vec<Request> = gathered
@@ -707,6 +724,7 @@ async fn settle_request(
     let old = req.status.clone().unwrap_or_default();
     let mut s = old.clone();
     s.observed_generation = req.metadata.generation;
+    s.requester = g.requester.clone();
     let deleting = req.metadata.deletion_timestamp.is_some();
     let target_done = results
         .get(&req.spec.target)

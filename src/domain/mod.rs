@@ -8,6 +8,7 @@ pub mod desired;
 pub mod duration;
 pub mod model;
 pub mod plan;
+pub mod requester;
 pub mod stamp;
 pub mod validate;
 

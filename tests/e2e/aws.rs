@@ -3,6 +3,7 @@
 
 use std::time::{Duration, Instant};
 
+use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use portcullis::api::{AccessRequest, JitPolicy, Phase, PortReason};
 
@@ -12,22 +13,49 @@ use crate::support::kube_helpers::{eventually, namespace};
 use crate::support::operator::Operator;
 use crate::support::testbed::{ADMIN, Testbed};
 
-const MINUTE: Duration = Duration::from_secs(60);
+pub const MINUTE: Duration = Duration::from_secs(60);
+
+/// Waits until the namespace's admission webhook answers (a server-side dry run is
+/// stamped, or refused by the webhook).
+pub async fn wait_for_webhook(client: &kube::Client, ns: &str) {
+    let api: Api<AccessRequest> = Api::namespaced(client.clone(), ns);
+    let probe: AccessRequest = serde_saphyr::from_str(
+        "apiVersion: jit.portcullis.dev/v1alpha1\nkind: AccessRequest\nmetadata: {name: probe}\nspec:\n  policyRef: {name: probe}\n  target: probe\n  ports: [{port: 22, sourcePrefix: 203.0.113.7/32, duration: 1m}]\n  justification: probe\n",
+    )
+    .unwrap();
+    let dry = PostParams { dry_run: true, ..PostParams::default() };
+    eventually("the admission webhook to answer", MINUTE, || {
+        let (api, probe, dry) = (api.clone(), probe.clone(), dry.clone());
+        async move {
+            match api.create(&dry, &probe).await {
+                Ok(r) => r.annotations().contains_key("jit.portcullis.dev/requester").then_some(()),
+                Err(kube::Error::Api(s)) if s.message.contains("denied the request") => Some(()),
+                Err(_) => None,
+            }
+        }
+    })
+    .await
+}
 
 /// One test's world: its namespace, its instance, its proxy and its operator.
-struct World {
-    ns: String,
-    policies: Api<JitPolicy>,
-    requests: Api<AccessRequest>,
+pub struct World {
+    pub ns: String,
+    pub policies: Api<JitPolicy>,
+    pub requests: Api<AccessRequest>,
     /// Straight to moto: what the test itself reads and changes.
-    ec2: aws_sdk_ec2::Client,
-    proxy: Ec2Proxy,
-    vm: Instance,
-    operator: Operator,
+    pub ec2: aws_sdk_ec2::Client,
+    pub proxy: Ec2Proxy,
+    pub vm: Instance,
+    pub operator: Operator,
 }
 
 impl World {
-    async fn new(prefix: &str, faults: Faults) -> World {
+    pub async fn new(prefix: &str, faults: Faults) -> World {
+        Self::new_with(prefix, faults, true).await
+    }
+
+    /// A world whose operator serves its admission webhook, or not.
+    pub async fn new_with(prefix: &str, faults: Faults, webhook: bool) -> World {
         let tb = Testbed::shared();
         tb.install_crds().expect("CRDs install");
         let client = tb.client(ADMIN).await;
@@ -36,7 +64,13 @@ impl World {
         let vm = aws::instance(&ec2).await;
         let proxy = Ec2Proxy::start(&tb.moto_url).await;
         proxy.set_faults(faults);
-        let operator = Operator::start(tb, &ns, &proxy.url, "2s");
+        let operator = if webhook {
+            let op = Operator::start(tb, &ns, &proxy.url, "2s");
+            wait_for_webhook(&client, &ns).await;
+            op
+        } else {
+            Operator::start_without_webhook(tb, &ns, &proxy.url, "2s")
+        };
         World {
             policies: Api::namespaced(client.clone(), &ns),
             requests: Api::namespaced(client, &ns),
@@ -48,7 +82,7 @@ impl World {
         }
     }
 
-    fn policy_yaml(&self, name: &str) -> String {
+    pub fn policy_yaml(&self, name: &str) -> String {
         format!(
             r#"
 apiVersion: jit.portcullis.dev/v1alpha1
@@ -66,7 +100,7 @@ spec:
         )
     }
 
-    async fn create_policy(&self, name: &str) {
+    pub async fn create_policy(&self, name: &str) {
         let p: JitPolicy = serde_saphyr::from_str(&self.policy_yaml(name)).unwrap();
         self.policies
             .create(&PostParams::default(), &p)
@@ -74,11 +108,11 @@ spec:
             .unwrap();
     }
 
-    async fn ready_policy(&self, name: &str) -> JitPolicy {
+    pub async fn ready_policy(&self, name: &str) -> JitPolicy {
         self.ready_policy_within(name, MINUTE).await
     }
 
-    async fn ready_policy_within(&self, name: &str, timeout: Duration) -> JitPolicy {
+    pub async fn ready_policy_within(&self, name: &str, timeout: Duration) -> JitPolicy {
         let api = self.policies.clone();
         let name = name.to_string();
         eventually(&format!("policy {name} Ready"), timeout, || {
@@ -94,7 +128,7 @@ spec:
         .await
     }
 
-    async fn create_request(&self, name: &str, port: u16, source: &str, duration: &str) {
+    pub async fn create_request(&self, name: &str, port: u16, source: &str, duration: &str) {
         let yaml = format!(
             r#"
 apiVersion: jit.portcullis.dev/v1alpha1
@@ -115,7 +149,7 @@ spec:
             .unwrap();
     }
 
-    async fn phase(&self, name: &str, phase: Phase, timeout: Duration) -> AccessRequest {
+    pub async fn phase(&self, name: &str, phase: Phase, timeout: Duration) -> AccessRequest {
         let api = self.requests.clone();
         let name = name.to_string();
         eventually(&format!("request {name} {phase:?}"), timeout, || {
@@ -129,20 +163,20 @@ spec:
     }
 
     /// The single owned group of this test (panics if there are several).
-    async fn owned_group(&self) -> Option<String> {
+    pub async fn owned_group(&self) -> Option<String> {
         let groups = aws::owned_groups(&self.ec2, &self.ns).await;
         assert!(groups.len() <= 1, "more than one owned group: {groups:?}");
         groups.into_iter().next()
     }
 
-    async fn owned_rules(&self) -> Vec<(String, i32, i32, String, String)> {
+    pub async fn owned_rules(&self) -> Vec<(String, i32, i32, String, String)> {
         match self.owned_group().await {
             Some(g) => aws::ingress_summary(&self.ec2, &g).await,
             None => Vec::new(),
         }
     }
 
-    async fn wait_owned_rules(
+    pub async fn wait_owned_rules(
         &self,
         what: &str,
         want: usize,
@@ -154,7 +188,7 @@ spec:
         .await
     }
 
-    async fn revoke(&self, name: &str) {
+    pub async fn revoke(&self, name: &str) {
         self.requests
             .patch(
                 name,
@@ -165,12 +199,12 @@ spec:
             .unwrap();
     }
 
-    fn dump(&self) -> String {
+    pub fn dump(&self) -> String {
         self.operator.log()
     }
 }
 
-fn port_reason(r: &AccessRequest) -> Option<PortReason> {
+pub fn port_reason(r: &AccessRequest) -> Option<PortReason> {
     r.status.as_ref()?.ports.first()?.reason
 }
 
@@ -447,7 +481,8 @@ async fn aws_deleting_the_policy_restores_everything() {
 
 #[tokio::test]
 async fn aws_invalid_requests_are_denied_without_cloud_writes() {
-    let w = World::new("aws-deny", Faults::None).await;
+    // Without the webhook, so that the controller's own validation is what stops them.
+    let w = World::new_with("aws-deny", Faults::None, false).await;
     w.create_policy("jit").await;
     w.ready_policy("jit").await;
     // Let the first resync pass, then watch every call from now on.

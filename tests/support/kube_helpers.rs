@@ -52,7 +52,8 @@ pub async fn namespace_named(client: &kube::Client, name: &str) {
     let ns: Namespace = serde_json::from_value(serde_json::json!({
         "apiVersion": "v1",
         "kind": "Namespace",
-        "metadata": {"name": name},
+        // Set by Kubernetes itself from 1.21 on; the webhooks select namespaces by it.
+        "metadata": {"name": name, "labels": {"kubernetes.io/metadata.name": name}},
     }))
     .unwrap();
     match Api::<Namespace>::all(client.clone())

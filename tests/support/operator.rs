@@ -28,9 +28,28 @@ pub struct Operator {
 }
 
 impl Operator {
-    /// Starts the operator for `namespace` with its AWS endpoint at `aws_url`.
+    /// Starts the operator for `namespace` with its AWS endpoint at `aws_url`, serving and
+    /// registering its admission webhook for that namespace.
     pub fn start(tb: &Testbed, namespace: &str, aws_url: &str, resync: &str) -> Operator {
-        let args = vec![
+        let port = super::process::free_port();
+        let webhook = vec![
+            "--webhook-listen".to_string(),
+            format!("127.0.0.1:{port}"),
+            "--webhook-url".into(),
+            format!("https://127.0.0.1:{port}"),
+            "--webhook-config-name".into(),
+            format!("portcullis-{namespace}"),
+        ];
+        Self::start_with(tb, namespace, aws_url, resync, webhook)
+    }
+
+    /// Starts the operator without its admission webhook.
+    pub fn start_without_webhook(tb: &Testbed, namespace: &str, aws_url: &str, resync: &str) -> Operator {
+        Self::start_with(tb, namespace, aws_url, resync, vec!["--no-webhook".into()])
+    }
+
+    fn start_with(tb: &Testbed, namespace: &str, aws_url: &str, resync: &str, extra: Vec<String>) -> Operator {
+        let mut args = vec![
             "run".to_string(),
             "--kubeconfig".into(),
             tb.kubeconfig(ADMIN).display().to_string(),
@@ -42,7 +61,10 @@ impl Operator {
             namespace.into(),
             "--metrics-listen".into(),
             "127.0.0.1:0".into(),
+            "--operator-namespace".into(),
+            namespace.into(),
         ];
+        args.extend(extra);
         let envs = vec![
             ("AWS_ENDPOINT_URL".to_string(), aws_url.to_string()),
             ("AWS_ACCESS_KEY_ID".into(), "testing".into()),

@@ -1,0 +1,201 @@
+//! The admission decisions for AccessRequest and JitPolicy.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::authorization::v1::{ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec};
+use kube::api::{Api, DynamicObject, PostParams};
+use kube::core::admission::{AdmissionRequest, AdmissionResponse, Operation};
+use tracing::{info, warn};
+
+use crate::api::{AccessRequestSpec, GROUP, JitPolicy, JitPolicySpec, Requester};
+use crate::domain::requester::{self, ANNOTATION};
+use crate::domain::{ObjectKey, validate};
+
+/// What the handlers need.
+pub struct Admission {
+    /// For SubjectAccessReviews and policy lookups.
+    pub client: kube::Client,
+    /// Signs requester stamps.
+    pub stamp_key: Vec<u8>,
+}
+
+/// The RBAC verb that lets a user request access through a policy.
+pub const VERB: &str = "request";
+
+fn spec_of<T: serde::de::DeserializeOwned>(obj: &DynamicObject) -> Result<T, String> {
+    let spec = obj.data.get("spec").cloned().unwrap_or_default();
+    serde_json::from_value(spec).map_err(|e| format!("spec: {e}"))
+}
+
+impl Admission {
+    /// Mutating: stamps the requester from `userInfo`; on update keeps the original stamp.
+    pub fn stamp(&self, req: &AdmissionRequest<DynamicObject>) -> AdmissionResponse {
+        let resp = AdmissionResponse::from(req);
+        let Some(obj) = &req.object else {
+            return resp;
+        };
+        let ns = req.namespace.clone().unwrap_or_default();
+        let value = match req.operation {
+            Operation::Create => {
+                let spec: AccessRequestSpec = match spec_of(obj) {
+                    Ok(s) => s,
+                    Err(e) => return resp.deny(e),
+                };
+                let u = &req.user_info;
+                let who = Requester {
+                    username: u.username.clone().unwrap_or_default(),
+                    uid: u.uid.clone().filter(|s| !s.is_empty()),
+                    groups: u.groups.clone().unwrap_or_default(),
+                };
+                let signed = requester::sign(&self.stamp_key, &ns, &who, &spec);
+                serde_json::to_string(&signed).expect("a stamp serializes")
+            }
+            Operation::Update => {
+                // The stamp cannot change: whatever the update says, the old one stays.
+                match req
+                    .old_object
+                    .as_ref()
+                    .and_then(|o| o.metadata.annotations.as_ref())
+                    .and_then(|a| a.get(ANNOTATION))
+                {
+                    Some(v) => v.clone(),
+                    None => return remove_stamp(resp, obj),
+                }
+            }
+            _ => return resp,
+        };
+        let unchanged = obj.metadata.annotations.as_ref().and_then(|a| a.get(ANNOTATION)) == Some(&value);
+        if unchanged {
+            return resp;
+        }
+        let patch = if obj.metadata.annotations.is_none() {
+            serde_json::json!([{"op": "add", "path": "/metadata/annotations", "value": {ANNOTATION: value}}])
+        } else {
+            serde_json::json!([{"op": "add", "path": format!("/metadata/annotations/{}", ANNOTATION.replace('~', "~0").replace('/', "~1")), "value": value}])
+        };
+        let patch: json_patch::Patch = serde_json::from_value(patch).expect("a valid JSON patch");
+        match resp.clone().with_patch(patch) {
+            Ok(r) => r,
+            Err(e) => resp.deny(format!("cannot stamp the requester: {e}")),
+        }
+    }
+
+    /// Validating: the user may `request` through the policy, and the request fits it.
+    pub async fn validate_request(&self, req: &AdmissionRequest<DynamicObject>) -> AdmissionResponse {
+        let resp = AdmissionResponse::from(req);
+        let Some(obj) = &req.object else {
+            return resp;
+        };
+        let ns = req.namespace.clone().unwrap_or_default();
+        let spec: AccessRequestSpec = match spec_of(obj) {
+            Ok(s) => s,
+            Err(e) => return resp.deny(e),
+        };
+        if req.operation == Operation::Update {
+            let Some(old) = &req.old_object else { return resp };
+            let Ok(mut old_spec) = spec_of::<AccessRequestSpec>(old) else { return resp };
+            old_spec.revoke = spec.revoke;
+            if old_spec != spec {
+                return resp.deny("spec: an AccessRequest cannot be changed once filed, except spec.revoke; file a new request");
+            }
+            if !spec.revoke && old_spec.revoke {
+                return resp.deny("spec.revoke: a revoked request cannot be reopened; file a new request");
+            }
+            return resp;
+        }
+        if req.operation != Operation::Create {
+            return resp;
+        }
+
+        // Authorization first: who may not ask learns nothing about the policy.
+        let u = &req.user_info;
+        let username = u.username.clone().unwrap_or_default();
+        let policy = spec.policy_ref.name.clone();
+        let sar = SubjectAccessReview {
+            spec: SubjectAccessReviewSpec {
+                user: u.username.clone(),
+                uid: u.uid.clone(),
+                groups: u.groups.clone(),
+                extra: u.extra.clone().map(|e| e.into_iter().collect::<BTreeMap<_, _>>()),
+                resource_attributes: Some(ResourceAttributes {
+                    namespace: Some(ns.clone()),
+                    verb: Some(VERB.into()),
+                    group: Some(GROUP.into()),
+                    resource: Some("jitpolicies".into()),
+                    name: Some(policy.clone()),
+                    ..ResourceAttributes::default()
+                }),
+                ..SubjectAccessReviewSpec::default()
+            },
+            ..SubjectAccessReview::default()
+        };
+        let sars: Api<SubjectAccessReview> = Api::all(self.client.clone());
+        match sars.create(&PostParams::default(), &sar).await {
+            Ok(r) if r.status.as_ref().is_some_and(|s| s.allowed) => {}
+            Ok(_) => {
+                info!(user = %username, %ns, %policy, "request denied: missing RBAC verb");
+                return resp.deny(format!(
+                    "spec.policyRef.name: user {username:?} may not request access through JitPolicy {policy:?}: \
+                     it needs the RBAC verb {VERB:?} on resource jitpolicies (group {GROUP}), name {policy:?}, in namespace {ns:?}"
+                ));
+            }
+            Err(e) => {
+                warn!(error = %e, "SubjectAccessReview failed");
+                return resp.deny(format!("cannot check authorization (SubjectAccessReview failed): {e}"));
+            }
+        }
+
+        let policies: Api<JitPolicy> = Api::namespaced(self.client.clone(), &ns);
+        let parsed_policy = match policies.get_opt(&policy).await {
+            Ok(Some(p)) => match validate::policy(ObjectKey::new(&ns, &policy), &p.spec, false) {
+                Ok(p) => Some(p),
+                Err(e) => return resp.deny(format!("spec.policyRef.name: JitPolicy {policy:?} is invalid: {}", validate::join(&e))),
+            },
+            Ok(None) => None,
+            Err(e) => return resp.deny(format!("cannot read JitPolicy {policy:?}: {e}")),
+        };
+        let name = obj.metadata.name.clone().unwrap_or_default();
+        match validate::request(
+            ObjectKey::new(&ns, name),
+            &spec,
+            parsed_policy.as_ref(),
+            jiff::Timestamp::now(),
+            false,
+            Default::default(),
+        ) {
+            Ok(_) => resp,
+            Err(errors) => resp.deny(validate::join(&errors)),
+        }
+    }
+
+    /// Validating: a policy is well formed beyond what the schema checks.
+    pub fn validate_policy(&self, req: &AdmissionRequest<DynamicObject>) -> AdmissionResponse {
+        let resp = AdmissionResponse::from(req);
+        let Some(obj) = &req.object else {
+            return resp;
+        };
+        if !matches!(req.operation, Operation::Create | Operation::Update) {
+            return resp;
+        }
+        let spec: JitPolicySpec = match spec_of(obj) {
+            Ok(s) => s,
+            Err(e) => return resp.deny(e),
+        };
+        let key = ObjectKey::new(req.namespace.clone().unwrap_or_default(), obj.metadata.name.clone().unwrap_or_default());
+        match validate::policy(key, &spec, false) {
+            Ok(_) => resp,
+            Err(errors) => resp.deny(validate::join(&errors)),
+        }
+    }
+}
+
+/// An update that tries to add a stamp the object never had: drop it.
+fn remove_stamp(resp: AdmissionResponse, obj: &DynamicObject) -> AdmissionResponse {
+    let has = obj.metadata.annotations.as_ref().is_some_and(|a| a.contains_key(ANNOTATION));
+    if !has {
+        return resp;
+    }
+    let path = format!("/metadata/annotations/{}", ANNOTATION.replace('~', "~0").replace('/', "~1"));
+    let patch: json_patch::Patch = serde_json::from_value(serde_json::json!([{"op": "remove", "path": path}])).expect("a valid JSON patch");
+    resp.clone().with_patch(patch).unwrap_or(resp)
+}
