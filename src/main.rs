@@ -21,7 +21,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the operator: controllers, sweeper, metrics and health endpoints.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Print the CustomResourceDefinitions as YAML.
     Crds {
         /// Write one file per CRD into this directory instead of printing them.
@@ -112,7 +112,7 @@ fn main() -> anyhow::Result<()> {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
-            rt.block_on(run(args))
+            rt.block_on(run(*args))
         }
     }
 }
@@ -142,9 +142,17 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let ready = portcullis::http::Readiness::default();
     let http = tokio::spawn(portcullis::http::serve(args.metrics_listen, ready.clone()));
 
-    let stamp_key = webhook::secrets::get_or_create(&client, &args.operator_namespace, &args.stamp_secret, || {
-        Ok(BTreeMap::from([("key".to_string(), webhook::secrets::random_key())]))
-    })
+    let stamp_key = webhook::secrets::get_or_create(
+        &client,
+        &args.operator_namespace,
+        &args.stamp_secret,
+        || {
+            Ok(BTreeMap::from([(
+                "key".to_string(),
+                webhook::secrets::random_key(),
+            )]))
+        },
+    )
     .await?
     .remove("key")
     .ok_or_else(|| anyhow::anyhow!("Secret {} has no key", args.stamp_secret))?;
@@ -186,10 +194,18 @@ async fn start_webhook(
         None => {
             let names: Vec<String> = match &endpoint {
                 Endpoint::Url(url) => {
-                    let host = url.split("://").nth(1).unwrap_or(url).split(['/', ':']).next().unwrap_or("localhost");
+                    let host = url
+                        .split("://")
+                        .nth(1)
+                        .unwrap_or(url)
+                        .split(['/', ':'])
+                        .next()
+                        .unwrap_or("localhost");
                     vec![host.to_string()]
                 }
-                Endpoint::Service { namespace, name, .. } => vec![
+                Endpoint::Service {
+                    namespace, name, ..
+                } => vec![
                     name.clone(),
                     format!("{name}.{namespace}"),
                     format!("{name}.{namespace}.svc"),
@@ -198,12 +214,17 @@ async fn start_webhook(
             };
             // The Secret's name carries the names it was made for, so a new address gets
             // a new certificate, and every replica serves the same one.
-            let secret = format!("{}-webhook-tls-{}", args.webhook_config_name, portcullis::domain::stamp::short_hash(&names.join(",")));
+            let secret = format!(
+                "{}-webhook-tls-{}",
+                args.webhook_config_name,
+                portcullis::domain::stamp::short_hash(&names.join(","))
+            );
             let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-            let data = webhook::secrets::get_or_create(client, &args.operator_namespace, &secret, || {
-                Ok(webhook::tls::Material::generate(&refs)?.to_secret())
-            })
-            .await?;
+            let data =
+                webhook::secrets::get_or_create(client, &args.operator_namespace, &secret, || {
+                    Ok(webhook::tls::Material::generate(&refs)?.to_secret())
+                })
+                .await?;
             webhook::tls::Material::from_secret(&data)?
         }
     };

@@ -143,7 +143,10 @@ async fn converge(policy: &JitPolicy, ctx: &Context, deleting: bool) -> Result<A
                 .as_ref()
                 .map(|t| t.0)
                 .unwrap_or(now);
-            let stamp = r.annotations().get(requester::ANNOTATION).map(String::as_str);
+            let stamp = r
+                .annotations()
+                .get(requester::ANNOTATION)
+                .map(String::as_str);
             let requester = requester::verify(&ctx.stamp_key, &ns, stamp, &r.spec);
             let parsed = validate::request(
                 ObjectKey::new(&ns, r.name_any()),

@@ -51,7 +51,12 @@ fn mac(key: &[u8]) -> Hmac<Sha256> {
 }
 
 /// Signs a requester for a request in `namespace` with `spec`.
-pub fn sign(key: &[u8], namespace: &str, requester: &Requester, spec: &AccessRequestSpec) -> SignedRequester {
+pub fn sign(
+    key: &[u8],
+    namespace: &str,
+    requester: &Requester,
+    spec: &AccessRequestSpec,
+) -> SignedRequester {
     let mut m = mac(key);
     m.update(&message(namespace, requester, spec));
     SignedRequester {
@@ -61,12 +66,17 @@ pub fn sign(key: &[u8], namespace: &str, requester: &Requester, spec: &AccessReq
 }
 
 /// Reads and verifies the stamp annotation; the requester when it is genuine.
-pub fn verify(key: &[u8], namespace: &str, annotation: Option<&str>, spec: &AccessRequestSpec) -> Result<Requester, String> {
+pub fn verify(
+    key: &[u8],
+    namespace: &str,
+    annotation: Option<&str>,
+    spec: &AccessRequestSpec,
+) -> Result<Requester, String> {
     let text = annotation.ok_or_else(|| {
         format!("no requester stamp ({ANNOTATION}): requests must be admitted by Portcullis's admission webhook")
     })?;
-    let signed: SignedRequester =
-        serde_json::from_str(text).map_err(|e| format!("the requester stamp ({ANNOTATION}) is malformed: {e}"))?;
+    let signed: SignedRequester = serde_json::from_str(text)
+        .map_err(|e| format!("the requester stamp ({ANNOTATION}) is malformed: {e}"))?;
     let sig = URL_SAFE_NO_PAD
         .decode(&signed.signature)
         .map_err(|_| format!("the requester stamp ({ANNOTATION}) has a malformed signature"))?;
@@ -113,6 +123,10 @@ mod tests {
         assert!(verify(&b"x".repeat(32), "ns", Some(&text), &spec(22)).is_err());
         let forged = text.replace("alice", "mallory");
         assert!(verify(&key, "ns", Some(&forged), &spec(22)).is_err());
-        assert!(verify(&key, "ns", None, &spec(22)).unwrap_err().contains("no requester stamp"));
+        assert!(
+            verify(&key, "ns", None, &spec(22))
+                .unwrap_err()
+                .contains("no requester stamp")
+        );
     }
 }

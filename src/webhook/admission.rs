@@ -2,7 +2,9 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::authorization::v1::{ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec};
+use k8s_openapi::api::authorization::v1::{
+    ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
+};
 use kube::api::{Api, DynamicObject, PostParams};
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, Operation};
 use tracing::{info, warn};
@@ -37,9 +39,10 @@ impl Admission {
         let ns = req.namespace.clone().unwrap_or_default();
         let value = match req.operation {
             Operation::Create => {
-                let spec: AccessRequestSpec = match spec_of(obj) {
-                    Ok(s) => s,
-                    Err(e) => return resp.deny(e),
+                // A spec that does not parse gets no stamp: the schema check after this
+                // webhook refuses it with a message naming the field.
+                let Ok(spec) = spec_of::<AccessRequestSpec>(obj) else {
+                    return resp;
                 };
                 let u = &req.user_info;
                 let who = Requester {
@@ -64,7 +67,12 @@ impl Admission {
             }
             _ => return resp,
         };
-        let unchanged = obj.metadata.annotations.as_ref().and_then(|a| a.get(ANNOTATION)) == Some(&value);
+        let unchanged = obj
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(ANNOTATION))
+            == Some(&value);
         if unchanged {
             return resp;
         }
@@ -81,7 +89,10 @@ impl Admission {
     }
 
     /// Validating: the user may `request` through the policy, and the request fits it.
-    pub async fn validate_request(&self, req: &AdmissionRequest<DynamicObject>) -> AdmissionResponse {
+    pub async fn validate_request(
+        &self,
+        req: &AdmissionRequest<DynamicObject>,
+    ) -> AdmissionResponse {
         let resp = AdmissionResponse::from(req);
         let Some(obj) = &req.object else {
             return resp;
@@ -92,14 +103,19 @@ impl Admission {
             Err(e) => return resp.deny(e),
         };
         if req.operation == Operation::Update {
-            let Some(old) = &req.old_object else { return resp };
-            let Ok(mut old_spec) = spec_of::<AccessRequestSpec>(old) else { return resp };
+            let Some(old) = &req.old_object else {
+                return resp;
+            };
+            let Ok(mut old_spec) = spec_of::<AccessRequestSpec>(old) else {
+                return resp;
+            };
             old_spec.revoke = spec.revoke;
             if old_spec != spec {
                 return resp.deny("spec: an AccessRequest cannot be changed once filed, except spec.revoke; file a new request");
             }
             if !spec.revoke && old_spec.revoke {
-                return resp.deny("spec.revoke: a revoked request cannot be reopened; file a new request");
+                return resp
+                    .deny("spec.revoke: a revoked request cannot be reopened; file a new request");
             }
             return resp;
         }
@@ -116,7 +132,10 @@ impl Admission {
                 user: u.username.clone(),
                 uid: u.uid.clone(),
                 groups: u.groups.clone(),
-                extra: u.extra.clone().map(|e| e.into_iter().collect::<BTreeMap<_, _>>()),
+                extra: u
+                    .extra
+                    .clone()
+                    .map(|e| e.into_iter().collect::<BTreeMap<_, _>>()),
                 resource_attributes: Some(ResourceAttributes {
                     namespace: Some(ns.clone()),
                     verb: Some(VERB.into()),
@@ -141,7 +160,9 @@ impl Admission {
             }
             Err(e) => {
                 warn!(error = %e, "SubjectAccessReview failed");
-                return resp.deny(format!("cannot check authorization (SubjectAccessReview failed): {e}"));
+                return resp.deny(format!(
+                    "cannot check authorization (SubjectAccessReview failed): {e}"
+                ));
             }
         }
 
@@ -149,7 +170,12 @@ impl Admission {
         let parsed_policy = match policies.get_opt(&policy).await {
             Ok(Some(p)) => match validate::policy(ObjectKey::new(&ns, &policy), &p.spec, false) {
                 Ok(p) => Some(p),
-                Err(e) => return resp.deny(format!("spec.policyRef.name: JitPolicy {policy:?} is invalid: {}", validate::join(&e))),
+                Err(e) => {
+                    return resp.deny(format!(
+                        "spec.policyRef.name: JitPolicy {policy:?} is invalid: {}",
+                        validate::join(&e)
+                    ));
+                }
             },
             Ok(None) => None,
             Err(e) => return resp.deny(format!("cannot read JitPolicy {policy:?}: {e}")),
@@ -181,7 +207,10 @@ impl Admission {
             Ok(s) => s,
             Err(e) => return resp.deny(e),
         };
-        let key = ObjectKey::new(req.namespace.clone().unwrap_or_default(), obj.metadata.name.clone().unwrap_or_default());
+        let key = ObjectKey::new(
+            req.namespace.clone().unwrap_or_default(),
+            obj.metadata.name.clone().unwrap_or_default(),
+        );
         match validate::policy(key, &spec, false) {
             Ok(_) => resp,
             Err(errors) => resp.deny(validate::join(&errors)),
@@ -191,11 +220,20 @@ impl Admission {
 
 /// An update that tries to add a stamp the object never had: drop it.
 fn remove_stamp(resp: AdmissionResponse, obj: &DynamicObject) -> AdmissionResponse {
-    let has = obj.metadata.annotations.as_ref().is_some_and(|a| a.contains_key(ANNOTATION));
+    let has = obj
+        .metadata
+        .annotations
+        .as_ref()
+        .is_some_and(|a| a.contains_key(ANNOTATION));
     if !has {
         return resp;
     }
-    let path = format!("/metadata/annotations/{}", ANNOTATION.replace('~', "~0").replace('/', "~1"));
-    let patch: json_patch::Patch = serde_json::from_value(serde_json::json!([{"op": "remove", "path": path}])).expect("a valid JSON patch");
+    let path = format!(
+        "/metadata/annotations/{}",
+        ANNOTATION.replace('~', "~0").replace('/', "~1")
+    );
+    let patch: json_patch::Patch =
+        serde_json::from_value(serde_json::json!([{"op": "remove", "path": path}]))
+            .expect("a valid JSON patch");
     resp.clone().with_patch(patch).unwrap_or(resp)
 }

@@ -36,13 +36,19 @@ pub const VALIDATE_REQUESTS: &str = "/validate/accessrequests";
 pub const VALIDATE_POLICIES: &str = "/validate/jitpolicies";
 
 /// Serves admission on `addr` with `tls` until the process ends. Returns once listening.
-pub async fn serve(addr: SocketAddr, tls: Arc<tokio_rustls::rustls::ServerConfig>, admission: Arc<Admission>) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+pub async fn serve(
+    addr: SocketAddr,
+    tls: Arc<tokio_rustls::rustls::ServerConfig>,
+    admission: Arc<Admission>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let listener = TcpListener::bind(addr).await?;
     info!(addr = %listener.local_addr()?, "admission webhook listening");
     let acceptor = TlsAcceptor::from(tls);
     Ok(tokio::spawn(async move {
         loop {
-            let Ok((stream, peer)) = listener.accept().await else { continue };
+            let Ok((stream, peer)) = listener.accept().await else {
+                continue;
+            };
             let (acceptor, admission) = (acceptor.clone(), admission.clone());
             tokio::spawn(async move {
                 let stream = match acceptor.accept(stream).await {
@@ -53,7 +59,10 @@ pub async fn serve(addr: SocketAddr, tls: Arc<tokio_rustls::rustls::ServerConfig
                     }
                 };
                 let svc = service_fn(move |req| handle(req, admission.clone()));
-                if let Err(e) = http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await {
+                if let Err(e) = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await
+                {
                     warn!(%peer, error = %e, "webhook connection failed");
                 }
             });
@@ -61,19 +70,37 @@ pub async fn serve(addr: SocketAddr, tls: Arc<tokio_rustls::rustls::ServerConfig
     }))
 }
 
-async fn handle(req: Request<Incoming>, admission: Arc<Admission>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn handle(
+    req: Request<Incoming>,
+    admission: Arc<Admission>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     let path = req.uri().path().to_string();
     let body = match req.into_body().collect().await {
         Ok(b) => b.to_bytes(),
-        Err(e) => return Ok(reply(StatusCode::BAD_REQUEST, format!("cannot read body: {e}").into_bytes())),
+        Err(e) => {
+            return Ok(reply(
+                StatusCode::BAD_REQUEST,
+                format!("cannot read body: {e}").into_bytes(),
+            ));
+        }
     };
     let review: AdmissionReview<DynamicObject> = match serde_json::from_slice(&body) {
         Ok(r) => r,
-        Err(e) => return Ok(reply(StatusCode::BAD_REQUEST, format!("not an AdmissionReview: {e}").into_bytes())),
+        Err(e) => {
+            return Ok(reply(
+                StatusCode::BAD_REQUEST,
+                format!("not an AdmissionReview: {e}").into_bytes(),
+            ));
+        }
     };
     let request: AdmissionRequest<DynamicObject> = match review.try_into() {
         Ok(r) => r,
-        Err(e) => return Ok(reply(StatusCode::BAD_REQUEST, format!("no request in the review: {e}").into_bytes())),
+        Err(e) => {
+            return Ok(reply(
+                StatusCode::BAD_REQUEST,
+                format!("no request in the review: {e}").into_bytes(),
+            ));
+        }
     };
     let response: AdmissionResponse = match path.as_str() {
         MUTATE_REQUESTS => admission.stamp(&request),

@@ -1,10 +1,10 @@
 //! The webhook configurations, applied by the operator itself (server-side apply).
 
+use k8s_openapi::ByteString;
 use k8s_openapi::api::admissionregistration::v1::{
     MutatingWebhook, MutatingWebhookConfiguration, RuleWithOperations, ServiceReference,
     ValidatingWebhook, ValidatingWebhookConfiguration, WebhookClientConfig,
 };
-use k8s_openapi::ByteString;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
 use kube::api::{Api, Patch, PatchParams};
 
@@ -48,7 +48,11 @@ fn client_config(r: &Registration, path: &str) -> WebhookClientConfig {
             ca_bundle: ca,
             service: None,
         },
-        Endpoint::Service { namespace, name, port } => WebhookClientConfig {
+        Endpoint::Service {
+            namespace,
+            name,
+            port,
+        } => WebhookClientConfig {
             url: None,
             ca_bundle: ca,
             service: Some(ServiceReference {

@@ -25,7 +25,12 @@ pub async fn get_or_create(
         "app.kubernetes.io/managed-by".to_string(),
         "portcullis".to_string(),
     )]));
-    secret.data = Some(make()?.into_iter().map(|(k, v)| (k, ByteString(v))).collect());
+    secret.data = Some(
+        make()?
+            .into_iter()
+            .map(|(k, v)| (k, ByteString(v)))
+            .collect(),
+    );
     match api.create(&PostParams::default(), &secret).await {
         Ok(s) => Ok(data(&s)),
         Err(kube::Error::Api(e)) if e.code == 409 => Ok(data(&api.get(name).await?)),

@@ -24,7 +24,11 @@ impl Material {
     /// From a Secret's data (`ca.crt`, `tls.crt`, `tls.key`).
     pub fn from_secret(data: &BTreeMap<String, Vec<u8>>) -> anyhow::Result<Self> {
         let get = |k: &str| -> anyhow::Result<String> {
-            Ok(String::from_utf8(data.get(k).cloned().with_context(|| format!("secret has no {k}"))?)?)
+            Ok(String::from_utf8(
+                data.get(k)
+                    .cloned()
+                    .with_context(|| format!("secret has no {k}"))?,
+            )?)
         };
         Ok(Material {
             ca_pem: get("ca.crt")?,
@@ -44,7 +48,10 @@ impl Material {
 
     /// From a directory as cert-manager mounts it (`ca.crt`, `tls.crt`, `tls.key`).
     pub fn from_dir(dir: &Path) -> anyhow::Result<Self> {
-        let read = |f: &str| std::fs::read_to_string(dir.join(f)).with_context(|| format!("cannot read {}", dir.join(f).display()));
+        let read = |f: &str| {
+            std::fs::read_to_string(dir.join(f))
+                .with_context(|| format!("cannot read {}", dir.join(f).display()))
+        };
         Ok(Material {
             ca_pem: read("ca.crt")?,
             cert_pem: read("tls.crt")?,
@@ -64,7 +71,8 @@ impl Material {
 
     /// A rustls server configuration.
     pub fn server_config(&self) -> anyhow::Result<Arc<ServerConfig>> {
-        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(self.cert_pem.as_bytes()).collect::<Result<_, _>>()?;
+        let certs: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_slice_iter(self.cert_pem.as_bytes()).collect::<Result<_, _>>()?;
         let key = PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes())?;
         let provider = Arc::new(tokio_rustls::rustls::crypto::aws_lc_rs::default_provider());
         let config = ServerConfig::builder_with_provider(provider)

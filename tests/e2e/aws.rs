@@ -3,39 +3,16 @@
 
 use std::time::{Duration, Instant};
 
-use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use portcullis::api::{AccessRequest, JitPolicy, Phase, PortReason};
 
 use crate::support::aws::{self, Instance};
 use crate::support::ec2_proxy::{Ec2Proxy, Faults};
-use crate::support::kube_helpers::{eventually, namespace};
+use crate::support::kube_helpers::{eventually, namespace, wait_for_webhook};
 use crate::support::operator::Operator;
 use crate::support::testbed::{ADMIN, Testbed};
 
 pub const MINUTE: Duration = Duration::from_secs(60);
-
-/// Waits until the namespace's admission webhook answers (a server-side dry run is
-/// stamped, or refused by the webhook).
-pub async fn wait_for_webhook(client: &kube::Client, ns: &str) {
-    let api: Api<AccessRequest> = Api::namespaced(client.clone(), ns);
-    let probe: AccessRequest = serde_saphyr::from_str(
-        "apiVersion: jit.portcullis.dev/v1alpha1\nkind: AccessRequest\nmetadata: {name: probe}\nspec:\n  policyRef: {name: probe}\n  target: probe\n  ports: [{port: 22, sourcePrefix: 203.0.113.7/32, duration: 1m}]\n  justification: probe\n",
-    )
-    .unwrap();
-    let dry = PostParams { dry_run: true, ..PostParams::default() };
-    eventually("the admission webhook to answer", MINUTE, || {
-        let (api, probe, dry) = (api.clone(), probe.clone(), dry.clone());
-        async move {
-            match api.create(&dry, &probe).await {
-                Ok(r) => r.annotations().contains_key("jit.portcullis.dev/requester").then_some(()),
-                Err(kube::Error::Api(s)) if s.message.contains("denied the request") => Some(()),
-                Err(_) => None,
-            }
-        }
-    })
-    .await
-}
 
 /// One test's world: its namespace, its instance, its proxy and its operator.
 pub struct World {
@@ -579,6 +556,8 @@ async fn aws_sigkill_at_any_point_converges() {
     tokio::time::sleep(Duration::from_millis(120)).await;
     crash(&mut w, 0, "while enforcing the baseline");
     w.ready_policy("jit").await;
+    // Admission is down while the operator restarts (failurePolicy: Fail): wait for it.
+    wait_for_webhook(&w.requests.clone().into_client(), &w.ns).await;
 
     // While grants are being opened.
     w.create_request("long", 22, "203.0.113.7/32", "10m").await;

@@ -7,3 +7,4 @@ mod support;
 
 mod aws;
 mod crd_schema;
+mod identity;

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use kube::api::{Api, PostParams};
 use portcullis::api::{AccessRequest, JitPolicy, Phase};
 use support::aws;
-use support::kube_helpers::namespace_named;
+use support::kube_helpers::{namespace_named, wait_for_webhook};
 use support::operator::Operator;
 use support::testbed::{ADMIN, ALICE, Testbed, repo_root, run};
 
@@ -72,6 +72,8 @@ async fn main() -> Result<(), String> {
 
     step("Starting the operator: portcullis run --namespace demo");
     let mut operator = Operator::start(&tb, NS, &tb.moto_url, "10s");
+    wait_for_webhook(&client, NS).await;
+    println!("admission webhook registered and answering");
 
     step("Applying a JitPolicy for the instance (examples/jitpolicy-aws.yaml, with its id)");
     let policy_yaml = std::fs::read_to_string(repo_root().join("examples/jitpolicy-aws.yaml"))

@@ -84,3 +84,39 @@ where
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
+
+/// Waits until the namespace's admission webhook answers (a server-side dry run is
+/// stamped, or refused by the webhook).
+pub async fn wait_for_webhook(client: &kube::Client, ns: &str) {
+    use kube::ResourceExt;
+    use portcullis::api::AccessRequest;
+    let api: Api<AccessRequest> = Api::namespaced(client.clone(), ns);
+    let probe: AccessRequest = serde_saphyr::from_str(
+        "apiVersion: jit.portcullis.dev/v1alpha1\nkind: AccessRequest\nmetadata: {name: probe}\nspec:\n  policyRef: {name: probe}\n  target: probe\n  ports: [{port: 22, sourcePrefix: 203.0.113.7/32, duration: 1m}]\n  justification: probe\n",
+    )
+    .unwrap();
+    let dry = PostParams {
+        dry_run: true,
+        ..PostParams::default()
+    };
+    eventually(
+        "the admission webhook to answer",
+        std::time::Duration::from_secs(60),
+        || {
+            let (api, probe, dry) = (api.clone(), probe.clone(), dry.clone());
+            async move {
+                match api.create(&dry, &probe).await {
+                    Ok(r) => r
+                        .annotations()
+                        .contains_key("jit.portcullis.dev/requester")
+                        .then_some(()),
+                    Err(kube::Error::Api(s)) if s.message.contains("denied the request") => {
+                        Some(())
+                    }
+                    Err(_) => None,
+                }
+            }
+        },
+    )
+    .await
+}

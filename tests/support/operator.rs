@@ -44,11 +44,22 @@ impl Operator {
     }
 
     /// Starts the operator without its admission webhook.
-    pub fn start_without_webhook(tb: &Testbed, namespace: &str, aws_url: &str, resync: &str) -> Operator {
+    pub fn start_without_webhook(
+        tb: &Testbed,
+        namespace: &str,
+        aws_url: &str,
+        resync: &str,
+    ) -> Operator {
         Self::start_with(tb, namespace, aws_url, resync, vec!["--no-webhook".into()])
     }
 
-    fn start_with(tb: &Testbed, namespace: &str, aws_url: &str, resync: &str, extra: Vec<String>) -> Operator {
+    fn start_with(
+        tb: &Testbed,
+        namespace: &str,
+        aws_url: &str,
+        resync: &str,
+        extra: Vec<String>,
+    ) -> Operator {
         let mut args = vec![
             "run".to_string(),
             "--kubeconfig".into(),
