@@ -527,6 +527,19 @@ async fn aws_converges_under_throttling() {
         w.proxy.injected(),
         w.proxy.calls().len()
     );
+
+    // Server errors (every 4th call a 500): revoking still converges.
+    w.proxy.set_faults(Faults::ServerErrorEvery(4));
+    let before = w.proxy.injected();
+    let start = Instant::now();
+    w.revoke("ssh").await;
+    w.phase("ssh", Phase::Revoked, MINUTE).await;
+    w.wait_owned_rules("the revoked rule gone", 0).await;
+    assert!(w.proxy.injected() > before, "no 500 was injected");
+    eprintln!(
+        "METRIC aws 5xx: revoke converged in {:.1}s with every 4th call failing",
+        start.elapsed().as_secs_f64()
+    );
 }
 
 /// Sleeps until `t` (no-op when it is past).
