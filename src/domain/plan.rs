@@ -48,13 +48,38 @@ pub enum Change {
     RestoreForeign(ForeignRuleSpec),
     /// Forget a recorded rule that exists again.
     Unrecord(ForeignRuleSpec),
+    /// Put an owned deny rule for a governed port in place (Azure), at `priority`,
+    /// replacing the owned deny for that port that is there (in place: same name).
+    PutDeny {
+        /// The NSG.
+        location: String,
+        /// The governed port.
+        port: PortSpec,
+        /// Where in the deny band: below every foreign rule that covers the port.
+        priority: u16,
+        /// The owned deny it replaces, if any.
+        replaces: Option<OwnedRule>,
+    },
     /// Put an owned allow rule in place for a grant.
     CreateGrant {
         /// Where (AWS: ENI id; Azure: NSG id).
         location: String,
         /// The grant.
         grant: Grant,
+        /// The NSG priority (Azure): a free slot in the allow band.
+        priority: Option<u16>,
     },
+}
+
+/// A governed port or grant that cannot be placed (Azure): reported as a conflict.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Blocked {
+    /// The NSG.
+    pub location: String,
+    /// The port.
+    pub port: PortSpec,
+    /// Why, for people.
+    pub reason: String,
 }
 
 impl Change {
@@ -65,7 +90,8 @@ impl Change {
             Change::Restamp { .. } => 2,
             Change::Unrecord(_) => 3,
             Change::RestoreForeign(_) => 4,
-            Change::CreateGrant { .. } => 5,
+            Change::PutDeny { .. } => 5,
+            Change::CreateGrant { .. } => 6,
         }
     }
 
@@ -80,6 +106,8 @@ impl Change {
 pub struct Plan {
     /// The changes, in the order to make them.
     pub changes: Vec<Change>,
+    /// What cannot be placed (Azure priorities): nothing is planned for these.
+    pub blocked: Vec<Blocked>,
 }
 
 impl Plan {
@@ -93,11 +121,15 @@ impl Plan {
 /// revoked earlier (AWS), as recorded in the policy's status.
 pub fn plan(desired: &TargetDesired, observed: &Observed, recorded: &[ForeignRuleSpec]) -> Plan {
     let mode = BaselineMode::of(&desired.locator);
+    let bands = desired.bands;
     let mut changes = Vec::new();
+    let mut blocked = Vec::new();
     let locations: BTreeSet<&str> = observed.locations.iter().map(String::as_str).collect();
+    let in_band = |p: Option<u16>, b: Band| p.is_some_and(|p| b.first <= p && p <= b.last);
 
     // Grants: one owned allow rule per (location, rule key).
     let mut kept: BTreeSet<&str> = BTreeSet::new();
+    let mut to_create: Vec<(&String, &Grant)> = Vec::new();
     for location in &observed.locations {
         for grant in &desired.grants {
             let key = grant.rule_key();
@@ -110,12 +142,11 @@ pub fn plan(desired: &TargetDesired, observed: &Observed, recorded: &[ForeignRul
                     && r.access == Access::Allow
                     && r.port == key.port
                     && r.source == Some(key.source)
+                    // An Azure allow rule outside the allow band is put back in it.
+                    && (mode == BaselineMode::RevokeCovering || in_band(r.priority, bands.allow))
             });
             match existing {
-                None => changes.push(Change::CreateGrant {
-                    location: location.clone(),
-                    grant: grant.clone(),
-                }),
+                None => to_create.push((location, grant)),
                 Some(rule) => {
                     kept.insert(&rule.cloud_id);
                     if rule.stamp != want {
@@ -128,14 +159,121 @@ pub fn plan(desired: &TargetDesired, observed: &Observed, recorded: &[ForeignRul
             }
         }
     }
+
+    // Azure baseline: one owned deny per governed port and NSG, below every foreign rule
+    // that covers the port, inside the deny band.
+    let mut denies: Vec<(&String, PortSpec, u16, Option<&OwnedRule>)> = Vec::new();
+    if mode == BaselineMode::DenyRule {
+        let policy_owner = stamp::owner_id(&desired.key.policy);
+        let baseline: BTreeSet<&PortSpec> = desired.baseline.iter().collect();
+        for location in &observed.locations {
+            for port in &baseline {
+                let port = *port;
+                let floor = deny_floor(*port, location, &observed.foreign).max(bands.deny.first);
+                let existing = observed.owned.iter().find(|r| {
+                    r.location == *location && r.access == Access::Deny && r.port == *port
+                });
+                let good = existing.is_some_and(|r| {
+                    r.priority
+                        .is_some_and(|p| floor <= p && p <= bands.deny.last)
+                        && r.stamp.owner == policy_owner
+                        && r.stamp.expires_at.is_none()
+                });
+                match existing {
+                    Some(r) if good => {
+                        kept.insert(&r.cloud_id);
+                    }
+                    Some(r) => {
+                        kept.insert(&r.cloud_id); // replaced in place, not deleted
+                        denies.push((location, *port, floor, Some(r)));
+                    }
+                    None => denies.push((location, *port, floor, None)),
+                }
+            }
+        }
+    }
+
     for rule in &observed.owned {
         let keep =
             kept.contains(rule.cloud_id.as_str()) && locations.contains(rule.location.as_str());
-        // Azure deny rules are the baseline's, not the grants' (planned with the baseline).
-        let baseline_rule = mode == BaselineMode::DenyRule && rule.access == Access::Deny;
-        if !keep && !baseline_rule {
+        if !keep {
             changes.push(Change::DeleteOwned(rule.clone()));
         }
+    }
+
+    // Priorities in use after the deletes, per NSG (Azure).
+    let mut used: std::collections::BTreeMap<&str, BTreeSet<u16>> =
+        std::collections::BTreeMap::new();
+    for f in &observed.foreign {
+        if let Some(p) = f.priority {
+            used.entry(f.spec.container.as_str()).or_default().insert(p);
+        }
+    }
+    for r in observed
+        .owned
+        .iter()
+        .filter(|r| kept.contains(r.cloud_id.as_str()))
+    {
+        if let Some(p) = r.priority {
+            used.entry(r.location.as_str()).or_default().insert(p);
+        }
+    }
+    for (location, port, floor, replaces) in denies {
+        let slots = used.entry(location.as_str()).or_default();
+        if let Some(old) = replaces.and_then(|r| r.priority) {
+            slots.remove(&old);
+        }
+        match free_slot(floor, bands.deny.last, slots) {
+            Some(priority) => {
+                slots.insert(priority);
+                changes.push(Change::PutDeny {
+                    location: location.clone(),
+                    port,
+                    priority,
+                    replaces: replaces.cloned(),
+                });
+            }
+            None => blocked.push(Blocked {
+                location: location.clone(),
+                port,
+                reason: format!(
+                    "no free priority for the deny rule of port {port} in {}-{}: foreign rules that cover the port sit at {} or below",
+                    bands.deny.first,
+                    bands.deny.last,
+                    floor.saturating_sub(1)
+                ),
+            }),
+        }
+    }
+    for (location, grant) in to_create {
+        let priority = match mode {
+            BaselineMode::RevokeCovering => None,
+            BaselineMode::DenyRule => {
+                let slots = used.entry(location.as_str()).or_default();
+                match free_slot(bands.allow.first, bands.allow.last, slots) {
+                    Some(p) => {
+                        slots.insert(p);
+                        Some(p)
+                    }
+                    None => {
+                        blocked.push(Blocked {
+                            location: location.clone(),
+                            port: grant.port,
+                            reason: format!(
+                                "the allow band {}-{} is full",
+                                bands.allow.first, bands.allow.last
+                            ),
+                        });
+                        continue;
+                    }
+                }
+            }
+        };
+        changes.push(Change::CreateGrant {
+            location: location.clone(),
+            grant: grant.clone(),
+            priority,
+        });
     }
 
     if mode == BaselineMode::RevokeCovering {
@@ -161,12 +299,30 @@ pub fn plan(desired: &TargetDesired, observed: &Observed, recorded: &[ForeignRul
     }
 
     changes.sort_by_key(Change::order);
-    Plan { changes }
+    Plan { changes, blocked }
+}
+
+/// The highest-precedence priority an owned deny for `port` may take in NSG `location`:
+/// one below the lowest-precedence foreign rule that covers the port, so foreign rules
+/// keep deciding the traffic they decided before.
+pub fn deny_floor(port: PortSpec, location: &str, foreign: &[ForeignRule]) -> u16 {
+    foreign
+        .iter()
+        .filter(|f| f.spec.container == location && f.spec.covers(port))
+        .filter_map(|f| f.priority)
+        .max()
+        .map_or(0, |p| p.saturating_add(1))
+}
+
+/// The first priority in `from..=to` that `used` does not hold.
+pub fn free_slot(from: u16, to: u16, used: &BTreeSet<u16>) -> Option<u16> {
+    (from..=to).find(|p| !used.contains(p))
 }
 
 /// Applies a plan to an observed state and a record, as a perfect cloud would: the model
 /// that property tests and the fake backend check plans against.
 pub fn simulate(
+    policy: &ObjectKey,
     observed: &Observed,
     recorded: &[ForeignRuleSpec],
     plan: &Plan,
@@ -201,7 +357,33 @@ pub fn simulate(
                     priority: None,
                 });
             }
-            Change::CreateGrant { location, grant } => obs.owned.push(OwnedRule {
+            Change::PutDeny {
+                location,
+                port,
+                priority,
+                replaces,
+            } => {
+                if let Some(r) = replaces {
+                    obs.owned.retain(|o| o.cloud_id != r.cloud_id);
+                }
+                obs.owned.push(OwnedRule {
+                    location: location.clone(),
+                    cloud_id: next_id(),
+                    access: Access::Deny,
+                    port: *port,
+                    source: None,
+                    stamp: Stamp {
+                        owner: stamp::owner_id(policy),
+                        expires_at: None,
+                    },
+                    priority: Some(*priority),
+                });
+            }
+            Change::CreateGrant {
+                location,
+                grant,
+                priority,
+            } => obs.owned.push(OwnedRule {
                 location: location.clone(),
                 cloud_id: next_id(),
                 access: Access::Allow,
@@ -211,7 +393,7 @@ pub fn simulate(
                     owner: stamp::owner_id(&grant.request),
                     expires_at: Some(grant.expires_at),
                 },
-                priority: None,
+                priority: *priority,
             }),
         }
     }
@@ -378,7 +560,7 @@ mod tests {
                 t.locator = Locator::Azure { vm_id: "vm".into(), firewall: None };
             }
             let p = plan(&t, &obs, &recorded);
-            let (after, rec) = simulate(&obs, &recorded, &p, ids());
+            let (after, rec) = simulate(&t.key.policy, &obs, &recorded, &p, ids());
             let again = plan(&t, &after, &rec);
             prop_assert!(again.is_empty(), "second plan: {:?}", again);
         }
@@ -408,9 +590,18 @@ mod tests {
                         prop_assert!(recorded.contains(&s));
                         prop_assert!(!t.baseline.iter().any(|p| s.covers(*p)));
                     }
-                    Change::CreateGrant { location, grant } => {
+                    Change::CreateGrant { location, grant, priority } => {
                         prop_assert!(obs.locations.contains(&location));
                         prop_assert!(t.grants.contains(&grant));
+                        prop_assert_eq!(priority.is_some(), !aws);
+                    }
+                    Change::PutDeny { location, port, replaces, .. } => {
+                        prop_assert!(!aws);
+                        prop_assert!(obs.locations.contains(&location));
+                        prop_assert!(t.baseline.contains(&port));
+                        if let Some(r) = replaces {
+                            prop_assert!(obs.owned.contains(&r));
+                        }
                     }
                 }
             }
@@ -420,7 +611,7 @@ mod tests {
         #[test]
         fn deletes_come_first(t in target(true), obs in observed()) {
             let p = plan(&t, &obs, &[]);
-            let first_create = p.changes.iter().position(|c| matches!(c, Change::CreateGrant { .. } | Change::RestoreForeign(_)));
+            let first_create = p.changes.iter().position(|c| matches!(c, Change::CreateGrant { .. } | Change::RestoreForeign(_) | Change::PutDeny { .. }));
             let last_delete = p.changes.iter().rposition(|c| matches!(c, Change::DeleteOwned(_) | Change::RevokeForeign(_)));
             if let (Some(c), Some(d)) = (first_create, last_delete) {
                 prop_assert!(d < c);
@@ -468,6 +659,127 @@ mod tests {
         }
     }
 
+    fn azure_observed() -> impl Strategy<Value = Observed> {
+        (
+            observed(),
+            prop::collection::vec(prop::option::of(100u16..=4096), 16),
+            prop::collection::vec(prop::option::of(3000u16..=4096), 16),
+        )
+            .prop_map(|(mut o, fp, op)| {
+                for (i, f) in o.foreign.iter_mut().enumerate() {
+                    f.priority = fp[i % fp.len()];
+                    f.spec.container = if i % 2 == 0 {
+                        "eni-a".into()
+                    } else {
+                        "eni-b".into()
+                    };
+                }
+                for (i, r) in o.owned.iter_mut().enumerate() {
+                    r.priority = op[i % op.len()];
+                }
+                o
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// Azure: after one plan, every governed port has exactly one deny per NSG, inside
+        /// the deny band and below every foreign rule that covers the port (or is reported
+        /// blocked); grants sit in the allow band; no two rules share a priority.
+        #[test]
+        fn azure_priorities_respect_foreign_precedence(t in target(false), obs in azure_observed()) {
+            let mut t = t;
+            t.locator = Locator::Azure { vm_id: "vm".into(), firewall: None };
+            let p = plan(&t, &obs, &[]);
+            let (after, _) = simulate(&t.key.policy, &obs, &[], &p, ids());
+            let bands = t.bands;
+            for location in &after.locations {
+                let mut seen = BTreeSet::new();
+                for f in after.foreign.iter().filter(|f| &f.spec.container == location) {
+                    if let Some(pr) = f.priority { seen.insert(pr); }
+                }
+                for r in after.owned.iter().filter(|r| &r.location == location) {
+                    let pr = r.priority.expect("owned Azure rules have priorities");
+                    prop_assert!(seen.insert(pr), "priority {} used twice in {}", pr, location);
+                    match r.access {
+                        Access::Deny => {
+                            prop_assert!(bands.deny.first <= pr && pr <= bands.deny.last);
+                            prop_assert!(pr >= deny_floor(r.port, location, &after.foreign));
+                        }
+                        Access::Allow => prop_assert!(bands.allow.first <= pr && pr <= bands.allow.last),
+                    }
+                }
+                for port in &t.baseline {
+                    let n = after.owned.iter().filter(|r| &r.location == location && r.access == Access::Deny && r.port == *port).count();
+                    let is_blocked = p.blocked.iter().any(|b| &b.location == location && b.port == *port);
+                    prop_assert!(n == 1 || (n == 0 && is_blocked), "port {} in {}: {} denies", port, location, n);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn azure_deny_goes_below_foreign_rules_that_cover_the_port() {
+        let ssh = PortSpec {
+            port: NonZeroU16::new(22).unwrap(),
+            protocol: Proto::Tcp,
+        };
+        let foreign = |prio: u16, ports: Option<(u16, u16)>| ForeignRule {
+            cloud_id: format!("f{prio}"),
+            spec: ForeignRuleSpec {
+                container: "nsg".into(),
+                protocol: "Tcp".into(),
+                ports,
+                source: ForeignSource::Tag("*".into()),
+                description: None,
+            },
+            access: Access::Allow,
+            priority: Some(prio),
+        };
+        let t = TargetDesired {
+            key: TargetKey {
+                policy: ObjectKey::new("ns", "p"),
+                target: "web".into(),
+            },
+            locator: Locator::Azure {
+                vm_id: "vm".into(),
+                firewall: None,
+            },
+            bands: Bands::default(),
+            baseline: vec![ssh],
+            grants: vec![],
+        };
+        let deny_at = |foreign: Vec<ForeignRule>| {
+            let obs = Observed {
+                locations: vec!["nsg".into()],
+                owned: vec![],
+                foreign,
+            };
+            let p = plan(&t, &obs, &[]);
+            match p.changes.as_slice() {
+                [Change::PutDeny { priority, .. }] => Ok(*priority),
+                _ => Err(p.blocked),
+            }
+        };
+        // None covers 22: the top of the band.
+        assert_eq!(deny_at(vec![foreign(300, Some((443, 443)))]), Ok(3900));
+        // A foreign allow for 22 at 300 keeps winning: the deny still goes to the band's top.
+        assert_eq!(deny_at(vec![foreign(300, Some((22, 22)))]), Ok(3900));
+        // A foreign rule covering 22 inside the band pushes the deny below it.
+        assert_eq!(
+            deny_at(vec![
+                foreign(4000, Some((20, 30))),
+                foreign(4001, Some((443, 443)))
+            ]),
+            Ok(4002)
+        );
+        // No room below it: blocked, with a reason.
+        let blocked = deny_at(vec![foreign(4096, None)]).unwrap_err();
+        assert_eq!(blocked.len(), 1);
+        assert!(blocked[0].reason.contains("no free priority"));
+    }
+
     #[test]
     fn aws_baseline_revokes_records_and_restores() {
         let ssh = PortSpec {
@@ -509,7 +821,7 @@ mod tests {
             p.changes,
             vec![Change::RevokeForeign(rule("sgr-22", 22, 22))]
         );
-        let (after, rec) = simulate(&obs, &[], &p, ids());
+        let (after, rec) = simulate(&t.key.policy, &obs, &[], &p, ids());
         assert_eq!(rec, vec![rule("x", 22, 22).spec]);
         // The policy goes away: the recorded rule comes back exactly.
         t.baseline.clear();

@@ -483,7 +483,11 @@ impl Backend for AwsBackend {
                     restore.push(convert::restore_permission(spec));
                     restore_groups.push(spec.container.clone());
                 }
-                Change::CreateGrant { location, grant } => {
+                // The AWS baseline revokes instead of denying; the plan never asks.
+                Change::PutDeny { .. } => {}
+                Change::CreateGrant {
+                    location, grant, ..
+                } => {
                     *remaining.entry(location.clone()).or_default() += 1;
                     create
                         .entry(location.clone())
