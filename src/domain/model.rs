@@ -438,4 +438,7 @@ pub struct Observed {
     pub owned: Vec<OwnedRule>,
     /// Inbound rules the operator does not own.
     pub foreign: Vec<ForeignRule>,
+    /// Priorities taken by rules that are neither this target's nor foreign (the
+    /// operator's rules for other targets in a shared NSG): `(location, priority)`.
+    pub reserved: Vec<(String, u16)>,
 }

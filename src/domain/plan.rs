@@ -209,6 +209,9 @@ pub fn plan(desired: &TargetDesired, observed: &Observed, recorded: &[ForeignRul
             used.entry(f.spec.container.as_str()).or_default().insert(p);
         }
     }
+    for (location, p) in &observed.reserved {
+        used.entry(location.as_str()).or_default().insert(*p);
+    }
     for r in observed
         .owned
         .iter()
@@ -534,6 +537,7 @@ mod tests {
                     locations: locs.into_iter().map(String::from).collect(),
                     owned,
                     foreign,
+                    reserved: vec![],
                 }
             })
     }
@@ -755,6 +759,8 @@ mod tests {
                 locations: vec!["nsg".into()],
                 owned: vec![],
                 foreign,
+                // Another target's deny in the same NSG holds 3900.
+                reserved: vec![("nsg".into(), 3900)],
             };
             let p = plan(&t, &obs, &[]);
             match p.changes.as_slice() {
@@ -762,10 +768,10 @@ mod tests {
                 _ => Err(p.blocked),
             }
         };
-        // None covers 22: the top of the band.
-        assert_eq!(deny_at(vec![foreign(300, Some((443, 443)))]), Ok(3900));
+        // None covers 22: the top of the band (3900 is another target's deny: next slot).
+        assert_eq!(deny_at(vec![foreign(300, Some((443, 443)))]), Ok(3901));
         // A foreign allow for 22 at 300 keeps winning: the deny still goes to the band's top.
-        assert_eq!(deny_at(vec![foreign(300, Some((22, 22)))]), Ok(3900));
+        assert_eq!(deny_at(vec![foreign(300, Some((22, 22)))]), Ok(3901));
         // A foreign rule covering 22 inside the band pushes the deny below it.
         assert_eq!(
             deny_at(vec![
@@ -815,6 +821,7 @@ mod tests {
             locations: vec!["eni-a".into()],
             owned: vec![],
             foreign: vec![rule("sgr-22", 22, 22), rule("sgr-443", 443, 443)],
+            reserved: vec![],
         };
         let p = plan(&t, &obs, &[]);
         assert_eq!(
