@@ -128,9 +128,21 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         None => kube::Client::try_default().await?,
     };
     let aws = portcullis::cloud::aws::AwsBackend::from_env(&args.cluster_name).await;
+    // Azure is on when ARM is reachable with some credential; targets on a disabled cloud
+    // get the condition Unsupported with the reason.
+    let azure: Option<Arc<dyn portcullis::cloud::Backend>> =
+        match portcullis::cloud::azure::arm::ArmClient::from_env() {
+            Ok(arm) => Some(Arc::new(
+                portcullis::cloud::azure::nsg::AzureNsgBackend::new(arm),
+            )),
+            Err(e) => {
+                tracing::warn!(error = %e, "the Azure backend is disabled");
+                None
+            }
+        };
     let backends = Backends {
         aws: Some(Arc::new(aws)),
-        azure: None,
+        azure,
     };
     let settings = Settings {
         resync: args.resync,

@@ -5,6 +5,7 @@
 //! whose time is up or whose owner is gone.
 
 pub mod aws;
+pub mod azure;
 pub mod error;
 
 use std::collections::BTreeSet;
@@ -75,6 +76,10 @@ pub struct Live {
     pub targets: BTreeSet<String>,
     /// AWS regions to look in.
     pub aws_regions: BTreeSet<String>,
+    /// Owner ids of existing policies (whose Azure deny rules stay).
+    pub policies: BTreeSet<String>,
+    /// Azure NSGs to look in (those the policies' statuses name).
+    pub azure_nsgs: BTreeSet<String>,
 }
 
 /// What a sweep removed.

@@ -387,7 +387,7 @@ async fn reconcile_target(
         .changes
         .iter()
         .filter(|c| match c {
-            Change::RevokeForeign(_) => baseline_was_enforced,
+            Change::RevokeForeign(_) | Change::PutDeny { .. } => baseline_was_enforced,
             Change::CreateGrant { grant, .. } => {
                 active_before.contains(&(grant.request.clone(), grant.port))
             }

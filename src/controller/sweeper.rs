@@ -26,6 +26,10 @@ pub fn live<'a>(
         .extend(settings.aws_regions.iter().cloned());
     for p in policies {
         let key = ObjectKey::new(p.namespace().unwrap_or_default(), p.name_any());
+        live.policies.insert(stamp::owner_id(&key));
+        for t in p.status.iter().flat_map(|s| s.targets.iter()) {
+            live.azure_nsgs.extend(t.nsg_ids.iter().cloned());
+        }
         for t in &p.spec.targets {
             live.targets.insert(target_id(&TargetKey {
                 policy: key.clone(),

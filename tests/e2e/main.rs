@@ -6,5 +6,6 @@
 mod support;
 
 mod aws;
+mod azure;
 mod crd_schema;
 mod identity;

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)] // each test binary uses a different part of the support code
 
+pub mod arm;
 pub mod aws;
 pub mod ec2_proxy;
 pub mod kube_helpers;

@@ -31,6 +31,17 @@ impl Operator {
     /// Starts the operator for `namespace` with its AWS endpoint at `aws_url`, serving and
     /// registering its admission webhook for that namespace.
     pub fn start(tb: &Testbed, namespace: &str, aws_url: &str, resync: &str) -> Operator {
+        Self::start_env(tb, namespace, aws_url, resync, &[])
+    }
+
+    /// Like [`Operator::start`], with more environment variables (e.g. the ARM endpoint).
+    pub fn start_env(
+        tb: &Testbed,
+        namespace: &str,
+        aws_url: &str,
+        resync: &str,
+        env: &[(&str, &str)],
+    ) -> Operator {
         let port = super::process::free_port();
         let webhook = vec![
             "--webhook-listen".to_string(),
@@ -40,7 +51,25 @@ impl Operator {
             "--webhook-config-name".into(),
             format!("portcullis-{namespace}"),
         ];
-        Self::start_with(tb, namespace, aws_url, resync, webhook)
+        Self::start_with(tb, namespace, aws_url, resync, webhook, env)
+    }
+
+    /// Like [`Operator::start_without_webhook`], with more environment variables.
+    pub fn start_env_without_webhook(
+        tb: &Testbed,
+        namespace: &str,
+        aws_url: &str,
+        resync: &str,
+        env: &[(&str, &str)],
+    ) -> Operator {
+        Self::start_with(
+            tb,
+            namespace,
+            aws_url,
+            resync,
+            vec!["--no-webhook".into()],
+            env,
+        )
     }
 
     /// Starts the operator without its admission webhook.
@@ -50,7 +79,14 @@ impl Operator {
         aws_url: &str,
         resync: &str,
     ) -> Operator {
-        Self::start_with(tb, namespace, aws_url, resync, vec!["--no-webhook".into()])
+        Self::start_with(
+            tb,
+            namespace,
+            aws_url,
+            resync,
+            vec!["--no-webhook".into()],
+            &[],
+        )
     }
 
     fn start_with(
@@ -59,6 +95,7 @@ impl Operator {
         aws_url: &str,
         resync: &str,
         extra: Vec<String>,
+        env: &[(&str, &str)],
     ) -> Operator {
         let mut args = vec![
             "run".to_string(),
@@ -76,7 +113,7 @@ impl Operator {
             namespace.into(),
         ];
         args.extend(extra);
-        let envs = vec![
+        let mut envs = vec![
             ("AWS_ENDPOINT_URL".to_string(), aws_url.to_string()),
             ("AWS_ACCESS_KEY_ID".into(), "testing".into()),
             ("AWS_SECRET_ACCESS_KEY".into(), "testing".into()),
@@ -87,6 +124,7 @@ impl Operator {
                 "info,portcullis=debug,kube_runtime=warn,aws=warn".into(),
             ),
         ];
+        envs.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         let mut op = Operator {
             child: None,
             args,

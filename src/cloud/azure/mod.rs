@@ -1,0 +1,5 @@
+//! The Azure backend: ARM, spoken through a small REST client of our own.
+
+pub mod arm;
+mod arm_error;
+pub mod nsg;
