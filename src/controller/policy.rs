@@ -73,13 +73,15 @@ struct TargetResult {
 enum TargetError {
     Cloud(CloudError),
     Unsupported(String),
+    /// Priorities that cannot be placed without touching foreign rules (Azure).
+    Blocked(String),
 }
 
 impl TargetError {
     fn message(&self) -> String {
         match self {
             TargetError::Cloud(e) => e.to_string(),
-            TargetError::Unsupported(m) => m.clone(),
+            TargetError::Unsupported(m) | TargetError::Blocked(m) => m.clone(),
         }
     }
 }
@@ -335,9 +337,9 @@ async fn reconcile_target(
     let p = plan(td, &obs.observed, &rec_vec);
     if p.is_empty() && !obs.housekeeping {
         return TargetResult {
+            error: blocked_error(&p),
+            converged: p.blocked.is_empty(),
             observation: Some(obs),
-            converged: true,
-            error: None,
             drift: 0,
         };
     }
@@ -409,12 +411,15 @@ async fn reconcile_target(
     // Verify: the cloud now matches.
     let rec_vec: Vec<ForeignRuleSpec> = recorded.iter().cloned().collect();
     match backend.observe(&td.key, &td.locator).await {
-        Ok(after) => TargetResult {
-            converged: plan(td, &after.observed, &rec_vec).is_empty(),
-            observation: Some(after),
-            error: None,
-            drift,
-        },
+        Ok(after) => {
+            let again = plan(td, &after.observed, &rec_vec);
+            TargetResult {
+                converged: again.is_empty(),
+                error: blocked_error(&again),
+                observation: Some(after),
+                drift,
+            }
+        }
         Err(e) => TargetResult {
             observation: Some(obs),
             converged: false,
@@ -422,6 +427,19 @@ async fn reconcile_target(
             drift,
         },
     }
+}
+
+/// What a plan could not place, as a target error (the Conflict condition).
+fn blocked_error(p: &crate::domain::Plan) -> Option<TargetError> {
+    (!p.blocked.is_empty()).then(|| {
+        TargetError::Blocked(
+            p.blocked
+                .iter()
+                .map(|b| format!("{}: {}", b.location, b.reason))
+                .collect::<Vec<_>>()
+                .join("; "),
+        )
+    })
 }
 
 fn dedup(it: impl Iterator<Item = String>) -> Vec<String> {
@@ -476,11 +494,12 @@ fn policy_outcome(results: &BTreeMap<String, TargetResult>) -> Outcome {
     }
     let extra = failing.iter().find_map(|(_, e)| match e {
         TargetError::Unsupported(_) => Some(UNSUPPORTED),
-        TargetError::Cloud(CloudError::Limit { .. }) => Some(CONFLICT),
+        TargetError::Cloud(CloudError::Limit { .. }) | TargetError::Blocked(_) => Some(CONFLICT),
         _ => None,
     });
     let reason = match failing.iter().find_map(|(_, e)| match e {
         TargetError::Cloud(c) => Some(c.category()),
+        TargetError::Blocked(_) => Some("limit"),
         TargetError::Unsupported(_) => None,
     }) {
         Some("not_found") => "TargetNotFound",

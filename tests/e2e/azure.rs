@@ -430,3 +430,47 @@ async fn azure_sigkill_restarts_converge() {
     let after: Vec<_> = w.nsgs().iter().map(|n| summary(&w.arm.rules(n))).collect();
     assert_eq!(after, before);
 }
+
+#[tokio::test]
+async fn azure_limits_are_reported_as_conflicts() {
+    // The subnet NSG may hold two rules; the NIC NSG has a foreign rule at the very
+    // bottom of the range that covers 22, so no deny fits below it.
+    let options = ArmOptions { rule_limit: 2, ..ArmOptions::default() };
+    let w = AzWorld::new("az-limits", options, true).await;
+    w.arm.seed_rule(
+        &w.vm.nic_nsg_id,
+        "allow-all-last",
+        json!({"protocol": "*", "sourcePortRange": "*", "destinationPortRange": "*",
+               "sourceAddressPrefix": "10.0.0.0/8", "destinationAddressPrefix": "*",
+               "access": "Allow", "priority": 4096, "direction": "Inbound"}),
+    );
+    w.arm.seed_rule(
+        &w.vm.subnet_nsg_id,
+        "allow-https",
+        json!({"protocol": "Tcp", "sourcePortRange": "*", "destinationPortRange": "443",
+               "sourceAddressPrefix": "*", "destinationAddressPrefix": "*",
+               "access": "Allow", "priority": 200, "direction": "Inbound"}),
+    );
+    let before = summary(&w.arm.rules(&w.vm.nic_nsg_id));
+    w.create_policy().await;
+    let p = eventually("the Conflict condition", MINUTE, || async {
+        let p = w.policies.get("jit").await.ok()?;
+        let s = p.status.as_ref()?;
+        s.conditions.iter().any(|c| c.type_ == "Conflict" && c.status == "True").then_some(p)
+    })
+    .await;
+    let message = p.status.unwrap().conditions.into_iter().find(|c| c.type_ == "Conflict").unwrap().message;
+    assert!(message.contains("no free priority"), "{message}");
+    // The foreign rules were not touched to make room.
+    assert_eq!(summary(&w.arm.rules(&w.vm.nic_nsg_id)), before);
+
+    // A grant into the full subnet NSG fails with ARM's count limit: a clear condition.
+    w.create_request("ssh", "203.0.113.7/32", "10m").await;
+    let p = eventually("the rule-count limit in the conditions", MINUTE, || async {
+        let p = w.policies.get("jit").await.ok()?;
+        let s = p.status.as_ref()?;
+        s.conditions.iter().any(|c| c.type_ == "Conflict" && c.message.contains("SecurityRuleCountLimitReached")).then_some(p)
+    })
+    .await;
+    eprintln!("Conflict: {}", p.status.unwrap().conditions.into_iter().find(|c| c.type_ == "Conflict").unwrap().message);
+}
