@@ -486,3 +486,52 @@ async fn plain_http_endpoints_are_refused_up_front() {
     let err = made.expect_err("azure_core's bearer policy would refuse it at the first call");
     assert_eq!(code(&err), "InvalidConfiguration");
 }
+
+#[tokio::test]
+async fn from_env_reads_endpoint_ca_and_token() {
+    within(60, async {
+        let arm = ArmEmulator::start().await;
+        let nsg = arm.seed_nsg(RG, "nsg1");
+        let dir = tempfile::tempdir().unwrap();
+        let ca_file = dir.path().join("arm-ca.pem");
+        std::fs::write(&ca_file, &arm.ca_pem).unwrap();
+
+        // The environment belongs to the whole process, and other tests run beside this
+        // one: read it in a child, this test binary running the ignored test below.
+        let child = tokio::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--ignored", "--exact", "from_env_child", "--nocapture"])
+            .env("PORTCULLIS_ARM_ENDPOINT", &arm.url)
+            .env("PORTCULLIS_ARM_CA_FILE", &ca_file)
+            .env("PORTCULLIS_ARM_TOKEN", &arm.token)
+            .env("ARM_CLIENT_TEST_NSG", &nsg)
+            .output()
+            .await
+            .unwrap();
+
+        assert!(
+            child.status.success(),
+            "the child failed:\n{}",
+            String::from_utf8_lossy(&child.stdout)
+        );
+        let calls = arm.calls();
+        assert_eq!(calls.len(), 1, "{calls:?}");
+        assert_eq!(
+            (calls[0].path.as_str(), calls[0].status),
+            (nsg.as_str(), 200)
+        );
+    })
+    .await;
+}
+
+/// The child of [`from_env_reads_endpoint_ca_and_token`].
+#[tokio::test]
+#[ignore = "run by from_env_reads_endpoint_ca_and_token with its environment"]
+async fn from_env_child() {
+    let nsg = std::env::var("ARM_CLIENT_TEST_NSG").expect("run by the parent test");
+    let client = ArmClient::from_env().expect("the environment configures a client");
+    let got = client
+        .get("GetNetworkSecurityGroup", &nsg, API)
+        .await
+        .expect("GET succeeds");
+    assert!(got.is_some());
+}

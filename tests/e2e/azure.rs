@@ -435,7 +435,10 @@ async fn azure_sigkill_restarts_converge() {
 async fn azure_limits_are_reported_as_conflicts() {
     // The subnet NSG may hold two rules; the NIC NSG has a foreign rule at the very
     // bottom of the range that covers 22, so no deny fits below it.
-    let options = ArmOptions { rule_limit: 2, ..ArmOptions::default() };
+    let options = ArmOptions {
+        rule_limit: 2,
+        ..ArmOptions::default()
+    };
     let w = AzWorld::new("az-limits", options, true).await;
     w.arm.seed_rule(
         &w.vm.nic_nsg_id,
@@ -456,10 +459,20 @@ async fn azure_limits_are_reported_as_conflicts() {
     let p = eventually("the Conflict condition", MINUTE, || async {
         let p = w.policies.get("jit").await.ok()?;
         let s = p.status.as_ref()?;
-        s.conditions.iter().any(|c| c.type_ == "Conflict" && c.status == "True").then_some(p)
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == "Conflict" && c.status == "True")
+            .then_some(p)
     })
     .await;
-    let message = p.status.unwrap().conditions.into_iter().find(|c| c.type_ == "Conflict").unwrap().message;
+    let message = p
+        .status
+        .unwrap()
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "Conflict")
+        .unwrap()
+        .message;
     assert!(message.contains("no free priority"), "{message}");
     // The foreign rules were not touched to make room.
     assert_eq!(summary(&w.arm.rules(&w.vm.nic_nsg_id)), before);
@@ -469,8 +482,20 @@ async fn azure_limits_are_reported_as_conflicts() {
     let p = eventually("the rule-count limit in the conditions", MINUTE, || async {
         let p = w.policies.get("jit").await.ok()?;
         let s = p.status.as_ref()?;
-        s.conditions.iter().any(|c| c.type_ == "Conflict" && c.message.contains("SecurityRuleCountLimitReached")).then_some(p)
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == "Conflict" && c.message.contains("SecurityRuleCountLimitReached"))
+            .then_some(p)
     })
     .await;
-    eprintln!("Conflict: {}", p.status.unwrap().conditions.into_iter().find(|c| c.type_ == "Conflict").unwrap().message);
+    eprintln!(
+        "Conflict: {}",
+        p.status
+            .unwrap()
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "Conflict")
+            .unwrap()
+            .message
+    );
 }

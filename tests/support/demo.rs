@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use kube::api::{Api, PostParams};
 use portcullis::api::{AccessRequest, JitPolicy, Phase};
+use support::arm::ArmEmulator;
 use support::aws;
 use support::kube_helpers::{namespace_named, wait_for_webhook};
 use support::operator::Operator;
@@ -32,6 +33,27 @@ async fn show_group(ec2: &aws_sdk_ec2::Client, what: &str, group: &str) {
     }
     for (proto, from, to, cidr, desc) in rules {
         println!("    {proto} {from}-{to} from {cidr:<18} {desc}");
+    }
+}
+
+fn show_nsg(arm: &ArmEmulator, what: &str, nsg: &str) {
+    println!("{what} rules:");
+    let mut rules = arm.rules(nsg);
+    rules.sort_by_key(|r| r["properties"]["priority"].as_u64());
+    if rules.is_empty() {
+        println!("    (none besides the six defaults)");
+    }
+    for r in rules {
+        let p = &r["properties"];
+        println!(
+            "    {:>4} {:<5} {:<3} port {:<5} from {:<16} {}",
+            p["priority"],
+            p["access"].as_str().unwrap_or(""),
+            p["protocol"].as_str().unwrap_or(""),
+            p["destinationPortRange"].as_str().unwrap_or(""),
+            p["sourceAddressPrefix"].as_str().unwrap_or(""),
+            r["name"].as_str().unwrap_or("")
+        );
     }
 }
 
@@ -70,8 +92,21 @@ async fn main() -> Result<(), String> {
     println!("instance {} with ENI {}", vm.instance_id, vm.eni_id);
     show_group(&ec2, "its security group", &vm.group_id).await;
 
+    step("Starting the ARM emulator with an Azure VM whose NIC and subnet each have an NSG");
+    let arm = ArmEmulator::start().await;
+    let azvm = arm.seed_vm_with_network("rg-demo", "jump-1", "10.1.0.4");
+    println!("VM {}", azvm.vm_id);
+    let ca = tb.dir.join("arm-ca.pem");
+    std::fs::write(&ca, &arm.ca_pem).map_err(|e| e.to_string())?;
+    let ca = ca.display().to_string();
+
     step("Starting the operator: portcullis run --namespace demo");
-    let mut operator = Operator::start(&tb, NS, &tb.moto_url, "10s");
+    let env = [
+        ("PORTCULLIS_ARM_ENDPOINT", arm.url.as_str()),
+        ("PORTCULLIS_ARM_CA_FILE", ca.as_str()),
+        ("PORTCULLIS_ARM_TOKEN", arm.token.as_str()),
+    ];
+    let mut operator = Operator::start_env(&tb, NS, &tb.moto_url, "10s", &env);
     wait_for_webhook(&client, NS).await;
     println!("admission webhook registered and answering");
 
@@ -165,6 +200,62 @@ async fn main() -> Result<(), String> {
         ]))?
     );
 
+    step("Azure: applying examples/jitpolicy-azure.yaml for the emulated VM");
+    let yaml = std::fs::read_to_string(repo_root().join("examples/jitpolicy-azure.yaml"))
+        .map_err(|e| e.to_string())?
+        .replace(
+            "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/ops/providers/Microsoft.Compute/virtualMachines/jump-1",
+            &azvm.vm_id,
+        );
+    let policy: JitPolicy = serde_saphyr::from_str(&yaml).map_err(|e| e.to_string())?;
+    policies
+        .create(&PostParams::default(), &policy)
+        .await
+        .map_err(|e| e.to_string())?;
+    let start = Instant::now();
+    while !policies
+        .get("jump-hosts")
+        .await
+        .ok()
+        .and_then(|p| p.status)
+        .is_some_and(|s| portcullis::api::conditions::is_true(&s.conditions, "Ready"))
+    {
+        if start.elapsed() > Duration::from_secs(60) {
+            return Err(format!(
+                "the Azure policy did not become Ready; operator log:\n{}",
+                operator.log()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    show_nsg(&arm, "NIC NSG", &azvm.nic_nsg_id);
+    show_nsg(&arm, "subnet NSG", &azvm.subnet_nsg_id);
+    step("Azure: requesting SSH from 203.0.113.7/32 for 15s");
+    let yaml = format!(
+        "apiVersion: jit.portcullis.dev/v1alpha1\nkind: AccessRequest\nmetadata: {{name: jump-ssh}}\nspec:\n  policyRef: {{name: jump-hosts}}\n  target: jump\n  ports: [{{port: 22, sourcePrefix: 203.0.113.7/32, duration: 15s}}]\n  justification: demo\n"
+    );
+    let request: AccessRequest = serde_saphyr::from_str(&yaml).map_err(|e| e.to_string())?;
+    let filed = Instant::now();
+    requests
+        .create(&PostParams::default(), &request)
+        .await
+        .map_err(|e| e.to_string())?;
+    wait_phase(&requests, "jump-ssh", Phase::Active).await;
+    println!(
+        "open in both NSGs after {:.2}s",
+        filed.elapsed().as_secs_f64()
+    );
+    show_nsg(&arm, "NIC NSG", &azvm.nic_nsg_id);
+    wait_phase(&requests, "jump-ssh", Phase::Expired).await;
+    println!("expired:");
+    show_nsg(&arm, "NIC NSG", &azvm.nic_nsg_id);
+    print!(
+        "{}",
+        run(tb
+            .kubectl(ADMIN)
+            .args(["get", "jitpolicy,accessrequest", "-n", NS]))?
+    );
+
     // A stable path for the kubeconfig, so the commands below can be pasted as they are.
     let local = repo_root().join(".testbed");
     std::fs::create_dir_all(&local).map_err(|e| e.to_string())?;
@@ -176,6 +267,7 @@ async fn main() -> Result<(), String> {
         "\nThe test bed is up:\n\
          \x20 API server  {api}  (kube-apiserver 1.20, etcd; users admin, alice, bob)\n\
          \x20 AWS (moto)  {moto}  (instance {id})\n\
+         \x20 Azure (ARM emulator) {arm_url}  (VM {azvm})\n\
          \x20 logs        {dir}  (operator: operator-demo.1.log)\n\n\
          Try:\n\
          \x20 export KUBECONFIG={kc}\n\
@@ -194,6 +286,8 @@ async fn main() -> Result<(), String> {
         api = tb.apiserver_url,
         moto = tb.moto_url,
         id = vm.instance_id,
+        arm_url = arm.url,
+        azvm = azvm.vm_id,
         dir = tb.dir.display(),
         kc = kc.display(),
     );

@@ -651,8 +651,8 @@ impl TokenCredential for StaticToken {
         _scopes: &[&str],
         _options: Option<TokenRequestOptions<'_>>,
     ) -> azure_core::Result<AccessToken> {
-        // A far expiry keeps the bearer policy from asking again and again; the token's
-        // real lifetime is whoever issued it's business.
+        // A far expiry keeps the bearer policy from asking again and again; how long the
+        // token really lives is up to whoever issued it.
         let expires_on =
             azure_core::time::OffsetDateTime::now_utc() + azure_core::time::Duration::days(1);
         Ok(AccessToken::new(self.0.clone(), expires_on))
