@@ -80,6 +80,9 @@ pub struct Resource {
 pub struct ArmClient {
     pipeline: Pipeline,
     endpoint: Url,
+    /// ARM throttles per subscription and principal, not per call: after a 429 every
+    /// call of this client (clones share it) holds back until Retry-After has passed.
+    hold_until: std::sync::Arc<std::sync::Mutex<Option<tokio::time::Instant>>>,
 }
 
 /// What a long-running operation is for: a delete ends well when its target is gone.
@@ -144,7 +147,11 @@ impl ArmClient {
             vec![auth],
             None,
         );
-        Ok(ArmClient { pipeline, endpoint })
+        Ok(ArmClient {
+            pipeline,
+            endpoint,
+            hold_until: Default::default(),
+        })
     }
 
     /// The endpoint requests go to.
@@ -261,6 +268,10 @@ impl ArmClient {
         let mut attempt = 0;
         loop {
             attempt += 1;
+            let hold = *self.hold_until.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(until) = hold {
+                tokio::time::sleep_until(until).await;
+            }
             let mut request = Request::new(url.clone(), method);
             request.insert_header(ACCEPT, "application/json");
             if let Some(body) = &body {
@@ -298,6 +309,12 @@ impl ArmClient {
             let again = retry_in_call(&error) || (unauthorized && attempt == 1);
             if !again || attempt >= MAX_ATTEMPTS {
                 return Err(error);
+            }
+            if let (true, Some(wait)) = (matches!(error, CloudError::Throttled { .. }), retry_after)
+            {
+                let until = tokio::time::Instant::now() + wait;
+                let mut hold = self.hold_until.lock().unwrap_or_else(|e| e.into_inner());
+                *hold = Some(hold.map_or(until, |h| h.max(until)));
             }
             let delay = match retry_after {
                 Some(wait) if wait > MAX_INLINE_WAIT => return Err(error),
