@@ -231,10 +231,8 @@ async fn main() -> Result<(), String> {
     show_nsg(&arm, "NIC NSG", &azvm.nic_nsg_id);
     show_nsg(&arm, "subnet NSG", &azvm.subnet_nsg_id);
     step("Azure: requesting SSH from 203.0.113.7/32 for 15s");
-    let yaml = format!(
-        "apiVersion: jit.portcullis.dev/v1alpha1\nkind: AccessRequest\nmetadata: {{name: jump-ssh}}\nspec:\n  policyRef: {{name: jump-hosts}}\n  target: jump\n  ports: [{{port: 22, sourcePrefix: 203.0.113.7/32, duration: 15s}}]\n  justification: demo\n"
-    );
-    let request: AccessRequest = serde_saphyr::from_str(&yaml).map_err(|e| e.to_string())?;
+    let yaml = "apiVersion: jit.portcullis.dev/v1alpha1\nkind: AccessRequest\nmetadata: {name: jump-ssh}\nspec:\n  policyRef: {name: jump-hosts}\n  target: jump\n  ports: [{port: 22, sourcePrefix: 203.0.113.7/32, duration: 15s}]\n  justification: demo\n";
+    let request: AccessRequest = serde_saphyr::from_str(yaml).map_err(|e| e.to_string())?;
     let filed = Instant::now();
     requests
         .create(&PostParams::default(), &request)
