@@ -685,6 +685,42 @@ pub(super) async fn publish<K: Resource<DynamicType = ()>>(
     }
 }
 
+/// The ports of a request that may not open: Denied when it was never granted,
+/// Revoked (PolicyChanged) when it was; ports already closed keep their state.
+pub(super) fn refused_ports(req: &AccessRequest, old: &AccessRequestStatus) -> Vec<PortStatus> {
+    let granted = old.granted_at.is_some();
+    req.spec
+        .ports
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let prev = old.ports.get(i).filter(|x| x.port == p.port);
+            match prev {
+                Some(x)
+                    if matches!(
+                        x.state,
+                        Phase::Expired | Phase::Revoked | Phase::Denied | Phase::Failed
+                    ) =>
+                {
+                    x.clone()
+                }
+                _ => PortStatus {
+                    port: p.port,
+                    state: if granted {
+                        Phase::Revoked
+                    } else {
+                        Phase::Denied
+                    },
+                    reason: granted.then_some(crate::api::PortReason::PolicyChanged),
+                    expires_at: prev.and_then(|x| x.expires_at.clone()),
+                    rule_ids: Vec::new(),
+                    connection: None,
+                },
+            }
+        })
+        .collect()
+}
+
 /// The phase a request's ports add up to.
 pub(super) fn phase_of(ports: &[PortStatus]) -> Phase {
     let states: Vec<Phase> = ports.iter().map(|p| p.state).collect();
@@ -753,38 +789,7 @@ async fn settle_request(
         .is_some_and(|r| r.converged && r.error.is_none());
     match &g.parsed {
         Err(errors) => {
-            let granted = old.granted_at.is_some();
-            s.ports = req
-                .spec
-                .ports
-                .iter()
-                .enumerate()
-                .map(|(i, p)| {
-                    let prev = old.ports.get(i).filter(|x| x.port == p.port);
-                    match prev {
-                        Some(x)
-                            if matches!(
-                                x.state,
-                                Phase::Expired | Phase::Revoked | Phase::Denied | Phase::Failed
-                            ) =>
-                        {
-                            x.clone()
-                        }
-                        _ => PortStatus {
-                            port: p.port,
-                            state: if granted {
-                                Phase::Revoked
-                            } else {
-                                Phase::Denied
-                            },
-                            reason: granted.then_some(crate::api::PortReason::PolicyChanged),
-                            expires_at: prev.and_then(|x| x.expires_at.clone()),
-                            rule_ids: Vec::new(),
-                            connection: None,
-                        },
-                    }
-                })
-                .collect();
+            s.ports = refused_ports(req, &old);
             s.message = Some(validate::join(errors));
         }
         Ok(r) => {

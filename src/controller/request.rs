@@ -13,10 +13,10 @@ use kube::runtime::reflector::ObjectRef;
 use tracing::{info, instrument};
 
 use super::policy::{
-    phase_of, publish, remove_finalizer, request_conditions, write_request_status,
+    phase_of, publish, refused_ports, remove_finalizer, request_conditions, write_request_status,
 };
 use super::{Context, Error};
-use crate::api::{AccessRequest, JitPolicy, Phase, PortReason, PortStatus};
+use crate::api::{AccessRequest, JitPolicy, Phase};
 use crate::metrics;
 
 /// Reconciles one request.
@@ -83,36 +83,7 @@ async fn settle(req: &AccessRequest, ctx: &Context) -> Result<Action, Error> {
     let granted = status.granted_at.is_some();
     let mut s = status.clone();
     s.observed_generation = req.metadata.generation;
-    s.ports = req
-        .spec
-        .ports
-        .iter()
-        .enumerate()
-        .map(
-            |(i, p)| match status.ports.get(i).filter(|x| x.port == p.port) {
-                Some(x)
-                    if matches!(
-                        x.state,
-                        Phase::Expired | Phase::Revoked | Phase::Denied | Phase::Failed
-                    ) =>
-                {
-                    x.clone()
-                }
-                prev => PortStatus {
-                    port: p.port,
-                    state: if granted {
-                        Phase::Revoked
-                    } else {
-                        Phase::Denied
-                    },
-                    reason: granted.then_some(PortReason::PolicyChanged),
-                    expires_at: prev.and_then(|x| x.expires_at.clone()),
-                    rule_ids: Vec::new(),
-                    connection: None,
-                },
-            },
-        )
-        .collect();
+    s.ports = refused_ports(req, &status);
     s.phase = Some(phase_of(&s.ports));
     s.message = Some(format!(
         "spec.policyRef.name: JitPolicy {policy_name:?} does not exist in namespace {ns:?}"

@@ -318,6 +318,14 @@ pub struct Grant {
 }
 
 impl Grant {
+    /// The stamp its rules carry: the request and the expiry.
+    pub fn stamp(&self) -> Stamp {
+        Stamp {
+            owner: super::stamp::owner_id(&self.request),
+            expires_at: Some(self.expires_at),
+        }
+    }
+
     /// What makes two grants the same rule: at most one request holds it at a time.
     pub fn rule_key(&self) -> RuleKey {
         RuleKey {

@@ -133,10 +133,7 @@ pub fn plan(desired: &TargetDesired, observed: &Observed, recorded: &[ForeignRul
     for location in &observed.locations {
         for grant in &desired.grants {
             let key = grant.rule_key();
-            let want = Stamp {
-                owner: stamp::owner_id(&grant.request),
-                expires_at: Some(grant.expires_at),
-            };
+            let want = grant.stamp();
             let existing = observed.owned.iter().find(|r| {
                 r.location == *location
                     && r.access == Access::Allow
@@ -342,10 +339,7 @@ pub fn simulate(
             }
             Change::Restamp { rule, grant } => {
                 for r in obs.owned.iter_mut().filter(|r| r.cloud_id == rule.cloud_id) {
-                    r.stamp = Stamp {
-                        owner: stamp::owner_id(&grant.request),
-                        expires_at: Some(grant.expires_at),
-                    };
+                    r.stamp = grant.stamp();
                 }
             }
             Change::Unrecord(spec) => {
@@ -392,10 +386,7 @@ pub fn simulate(
                 access: Access::Allow,
                 port: grant.port,
                 source: Some(grant.source),
-                stamp: Stamp {
-                    owner: stamp::owner_id(&grant.request),
-                    expires_at: Some(grant.expires_at),
-                },
+                stamp: grant.stamp(),
                 priority: *priority,
             }),
         }
@@ -468,10 +459,7 @@ mod tests {
                 access: if allow { Access::Allow } else { Access::Deny },
                 port: g.port,
                 source: allow.then_some(g.source),
-                stamp: Stamp {
-                    owner: stamp::owner_id(&g.request),
-                    expires_at: Some(g.expires_at),
-                },
+                stamp: g.stamp(),
                 priority: None,
             })
     }

@@ -87,6 +87,20 @@ fn selector(r: &Registration) -> Option<LabelSelector> {
     })
 }
 
+fn validating(r: &Registration, name: &str, path: &str, resource: &str) -> ValidatingWebhook {
+    ValidatingWebhook {
+        name: name.into(),
+        client_config: client_config(r, path),
+        rules: Some(rule(resource)),
+        failure_policy: Some("Fail".into()),
+        side_effects: "None".into(),
+        admission_review_versions: vec!["v1".into()],
+        timeout_seconds: Some(10),
+        namespace_selector: selector(r),
+        ..ValidatingWebhook::default()
+    }
+}
+
 /// Applies both configurations, `failurePolicy: Fail`: a request that cannot be checked
 /// is not admitted.
 pub async fn apply(client: &kube::Client, r: &Registration) -> Result<(), kube::Error> {
@@ -113,28 +127,18 @@ pub async fn apply(client: &kube::Client, r: &Registration) -> Result<(), kube::
             ..Default::default()
         },
         webhooks: Some(vec![
-            ValidatingWebhook {
-                name: "validate.accessrequests.jit.portcullis.dev".into(),
-                client_config: client_config(r, VALIDATE_REQUESTS),
-                rules: Some(rule("accessrequests")),
-                failure_policy: Some("Fail".into()),
-                side_effects: "None".into(),
-                admission_review_versions: vec!["v1".into()],
-                timeout_seconds: Some(10),
-                namespace_selector: selector(r),
-                ..ValidatingWebhook::default()
-            },
-            ValidatingWebhook {
-                name: "validate.jitpolicies.jit.portcullis.dev".into(),
-                client_config: client_config(r, VALIDATE_POLICIES),
-                rules: Some(rule("jitpolicies")),
-                failure_policy: Some("Fail".into()),
-                side_effects: "None".into(),
-                admission_review_versions: vec!["v1".into()],
-                timeout_seconds: Some(10),
-                namespace_selector: selector(r),
-                ..ValidatingWebhook::default()
-            },
+            validating(
+                r,
+                "validate.accessrequests.jit.portcullis.dev",
+                VALIDATE_REQUESTS,
+                "accessrequests",
+            ),
+            validating(
+                r,
+                "validate.jitpolicies.jit.portcullis.dev",
+                VALIDATE_POLICIES,
+                "jitpolicies",
+            ),
         ]),
     };
     let pp = PatchParams::apply(crate::controller::MANAGER).force();

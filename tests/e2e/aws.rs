@@ -8,7 +8,7 @@ use portcullis::api::{AccessRequest, JitPolicy, Phase, PortReason};
 
 use crate::support::aws::{self, Instance};
 use crate::support::ec2_proxy::{Ec2Proxy, Faults};
-use crate::support::kube_helpers::{eventually, namespace, wait_for_webhook};
+use crate::support::kube_helpers::{delete_and_wait_gone, eventually, namespace, wait_for_webhook};
 use crate::support::operator::Operator;
 use crate::support::testbed::{ADMIN, Testbed};
 
@@ -315,19 +315,7 @@ async fn aws_early_revoke_by_flag_and_by_delete() {
     let rules = w.wait_owned_rules("one rule left", 1).await;
     assert_eq!(rules[0].3, "203.0.113.8/32");
 
-    w.requests
-        .delete("by-delete", &DeleteParams::default())
-        .await
-        .unwrap();
-    eventually("the deleted request to disappear", MINUTE, || async {
-        w.requests
-            .get_opt("by-delete")
-            .await
-            .unwrap()
-            .is_none()
-            .then_some(())
-    })
-    .await;
+    delete_and_wait_gone(&w.requests, "by-delete").await;
     assert!(w.owned_rules().await.is_empty());
 }
 
@@ -409,19 +397,7 @@ async fn aws_deleting_the_policy_restores_everything() {
     w.create_request("ssh", 22, "203.0.113.7/32", "10m").await;
     w.phase("ssh", Phase::Active, MINUTE).await;
 
-    w.policies
-        .delete("jit", &DeleteParams::default())
-        .await
-        .unwrap();
-    eventually("the policy to disappear", MINUTE, || async {
-        w.policies
-            .get_opt("jit")
-            .await
-            .unwrap()
-            .is_none()
-            .then_some(())
-    })
-    .await;
+    delete_and_wait_gone(&w.policies, "jit").await;
     assert_eq!(aws::ingress_summary(&w.ec2, &w.vm.group_id).await, original);
     assert!(w.owned_group().await.is_none());
     assert_eq!(
@@ -661,19 +637,7 @@ async fn aws_sigkill_at_any_point_converges() {
     );
 
     // And once the policy goes, the original rules come back exactly.
-    w.policies
-        .delete("jit", &DeleteParams::default())
-        .await
-        .unwrap();
-    eventually("the policy to disappear", MINUTE, || async {
-        w.policies
-            .get_opt("jit")
-            .await
-            .unwrap()
-            .is_none()
-            .then_some(())
-    })
-    .await;
+    delete_and_wait_gone(&w.policies, "jit").await;
     assert_eq!(aws::ingress_summary(&w.ec2, &w.vm.group_id).await, original);
     assert!(w.owned_group().await.is_none());
 }

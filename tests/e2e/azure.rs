@@ -3,13 +3,13 @@
 
 use std::time::{Duration, Instant};
 
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use portcullis::api::{AccessRequest, JitPolicy, Phase, PortReason};
 use serde_json::{Value, json};
 
 use crate::aws::{MINUTE, port_reason};
 use crate::support::arm::{ArmEmulator, ArmOptions, Faults, SeededVm};
-use crate::support::kube_helpers::{eventually, namespace, wait_for_webhook};
+use crate::support::kube_helpers::{delete_and_wait_gone, eventually, namespace, wait_for_webhook};
 use crate::support::operator::Operator;
 use crate::support::testbed::{ADMIN, Testbed};
 
@@ -300,19 +300,7 @@ async fn azure_deleting_the_policy_leaves_every_nsg_as_it_was() {
     w.ready().await;
     w.create_request("ssh", "203.0.113.7/32", "10m").await;
     w.phase("ssh", Phase::Active).await;
-    w.policies
-        .delete("jit", &DeleteParams::default())
-        .await
-        .unwrap();
-    eventually("the policy to go", MINUTE, || async {
-        w.policies
-            .get_opt("jit")
-            .await
-            .unwrap()
-            .is_none()
-            .then_some(())
-    })
-    .await;
+    delete_and_wait_gone(&w.policies, "jit").await;
     let after: Vec<_> = w.nsgs().iter().map(|n| summary(&w.arm.rules(n))).collect();
     assert_eq!(after, before);
     let r = w.phase("ssh", Phase::Revoked).await;
@@ -414,19 +402,7 @@ async fn azure_sigkill_restarts_converge() {
         assert!(w.owned(&nsg, "Allow")[0]["properties"]["sourceAddressPrefix"] == "203.0.113.7/32");
     }
     eprintln!("METRIC azure crash test: {kills} SIGKILLs, converged");
-    w.policies
-        .delete("jit", &DeleteParams::default())
-        .await
-        .unwrap();
-    eventually("the policy to go", MINUTE, || async {
-        w.policies
-            .get_opt("jit")
-            .await
-            .unwrap()
-            .is_none()
-            .then_some(())
-    })
-    .await;
+    delete_and_wait_gone(&w.policies, "jit").await;
     let after: Vec<_> = w.nsgs().iter().map(|n| summary(&w.arm.rules(n))).collect();
     assert_eq!(after, before);
 }

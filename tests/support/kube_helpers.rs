@@ -120,3 +120,19 @@ pub async fn wait_for_webhook(client: &kube::Client, ns: &str) {
     )
     .await
 }
+
+/// Deletes `name` and waits until it is gone (finalizers done), or panics after a minute.
+pub async fn delete_and_wait_gone<K>(api: &Api<K>, name: &str)
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    api.delete(name, &kube::api::DeleteParams::default())
+        .await
+        .unwrap_or_else(|e| panic!("cannot delete {name}: {e}"));
+    eventually(
+        &format!("{name} to be gone"),
+        std::time::Duration::from_secs(60),
+        || async { api.get_opt(name).await.ok()?.is_none().then_some(()) },
+    )
+    .await
+}

@@ -152,10 +152,7 @@ fn owned_one(
 
 /// The EC2 permissions that carry a grant (two for `Any`).
 pub fn grant_permissions(grant: &Grant) -> Vec<IpPermission> {
-    let description = stamp::format(&Stamp {
-        owner: stamp::owner_id(&grant.request),
-        expires_at: Some(grant.expires_at),
-    });
+    let description = stamp::format(&grant.stamp());
     let port = i32::from(grant.port.port.get());
     ec2_protocols(grant.port.protocol)
         .iter()
@@ -185,10 +182,7 @@ pub fn grant_permissions(grant: &Grant) -> Vec<IpPermission> {
 
 /// The rule update that rewrites a rule's stamp for a grant.
 pub fn restamp_request(grant: &Grant, protocol: &str) -> SecurityGroupRuleRequest {
-    let description = stamp::format(&Stamp {
-        owner: stamp::owner_id(&grant.request),
-        expires_at: Some(grant.expires_at),
-    });
+    let description = stamp::format(&grant.stamp());
     let port = i32::from(grant.port.port.get());
     let b = SecurityGroupRuleRequest::builder()
         .ip_protocol(protocol)

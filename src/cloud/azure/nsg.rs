@@ -98,6 +98,18 @@ fn dedup(v: impl IntoIterator<Item = String>) -> Vec<String> {
         .collect()
 }
 
+/// A list of strings under `key` (ARM's plural fields).
+fn strings(v: &Value, key: &str) -> Vec<String> {
+    v.get(key)
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 fn rule_path(nsg: &str, name: &str) -> String {
     format!("{nsg}/securityRules/{name}")
 }
@@ -182,27 +194,11 @@ fn classify_rule(nsg: &str, tag: &str, rule: &Value) -> Option<Seen> {
             priority,
         }));
     }
-    let mut ranges: Vec<String> = props
-        .get("destinationPortRanges")
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(|v| v.as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default();
+    let mut ranges = strings(props, "destinationPortRanges");
     if let Some(r) = str_at(props, &["destinationPortRange"]) {
         ranges.push(r.to_string());
     }
-    let mut sources: Vec<String> = props
-        .get("sourceAddressPrefixes")
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(|v| v.as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default();
+    let mut sources = strings(props, "sourceAddressPrefixes");
     if let Some(s) = str_at(props, &["sourceAddressPrefix"]) {
         sources.push(s.to_string());
     }
@@ -527,10 +523,7 @@ impl AzureNsgBackend {
                         .await?;
                 }
                 Change::Restamp { rule, grant } => {
-                    let description = stamp::format(&Stamp {
-                        owner: stamp::owner_id(&grant.request),
-                        expires_at: Some(grant.expires_at),
-                    });
+                    let description = stamp::format(&grant.stamp());
                     let priority = rule.priority.unwrap_or_default();
                     let body = self.rule_body(
                         Access::Allow,
@@ -573,10 +566,7 @@ impl AzureNsgBackend {
                     grant,
                     priority,
                 } => {
-                    let description = stamp::format(&Stamp {
-                        owner: stamp::owner_id(&grant.request),
-                        expires_at: Some(grant.expires_at),
-                    });
+                    let description = stamp::format(&grant.stamp());
                     let priority = priority.ok_or_else(|| CloudError::Fatal {
                         op: "PutSecurityRule",
                         code: "NoPriority".into(),
