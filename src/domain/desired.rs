@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use jiff::Timestamp;
+use jiff::{SignedDuration, Timestamp};
 
 use super::model::*;
 
@@ -57,6 +57,19 @@ pub struct Desired {
     pub next_expiry: Option<Timestamp>,
 }
 
+/// How long before its expiry a grant starts closing. NSG writes are long-running ARM
+/// operations that take seconds, so Azure grants close this much early: no allow rule
+/// outlives its grant. EC2 writes take effect at once.
+pub const AZURE_CLOSE_LEAD: SignedDuration = SignedDuration::from_secs(3);
+
+/// How long before expiry a target's grants start closing.
+pub fn close_lead(locator: &Locator) -> SignedDuration {
+    match locator {
+        Locator::Azure { .. } => AZURE_CLOSE_LEAD,
+        Locator::Aws { .. } => SignedDuration::ZERO,
+    }
+}
+
 /// Computes the desired state at `now`. Requests must have been validated against their
 /// policies (see [`super::validate::request`]); requests of unknown policies are ignored.
 pub fn desired(policies: &[Policy], requests: &[Request], now: Timestamp) -> Desired {
@@ -99,6 +112,9 @@ pub fn desired(policies: &[Policy], requests: &[Request], now: Timestamp) -> Des
             policy: policy_key,
             target: r.target.clone(),
         };
+        let lead = policy
+            .target(&r.target)
+            .map_or(SignedDuration::ZERO, |t| close_lead(&t.locator));
         // Grants start on a whole second: stamps and Kubernetes times carry seconds.
         let granted_at = r
             .granted_at
@@ -111,7 +127,7 @@ pub fn desired(policies: &[Policy], requests: &[Request], now: Timestamp) -> Des
                 Some(s) if s.is_final() => s,
                 _ if r.revoked => PortState::Revoked(CloseReason::UserRequested),
                 _ if policy.deleting => PortState::Revoked(CloseReason::PolicyChanged),
-                _ if expires_at <= now => PortState::Expired,
+                _ if expires_at - lead <= now => PortState::Expired,
                 _ => {
                     let grant = Grant {
                         request: r.key.clone(),
@@ -146,11 +162,9 @@ pub fn desired(policies: &[Policy], requests: &[Request], now: Timestamp) -> Des
         holders.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
         let (_, _, _, winner) = holders.pop().expect("non-empty");
         superseded.extend(holders.into_iter().map(|(_, key, i, _)| (key, i)));
-        out.next_expiry = Some(match out.next_expiry {
-            Some(t) => t.min(winner.expires_at),
-            None => winner.expires_at,
-        });
         if let Some(t) = out.targets.get_mut(&target) {
+            let closes_at = winner.expires_at - close_lead(&t.locator);
+            out.next_expiry = Some(out.next_expiry.map_or(closes_at, |n| n.min(closes_at)));
             t.grants.push(winner);
         }
     }
@@ -270,6 +284,31 @@ mod tests {
         assert_eq!(
             d.requests[&ObjectKey::new("ns", "new")].ports[0].state,
             PortState::Revoked(CloseReason::UserRequested)
+        );
+    }
+
+    #[test]
+    fn azure_grants_start_closing_early() {
+        let mut p = policy();
+        p.targets[0].locator = Locator::Azure {
+            vm_id: "vm".into(),
+            firewall: None,
+        };
+        let mut r = request("a", 0, "203.0.113.7/32", 30);
+        r.granted_at = Some(at(100));
+        // 30 s grant from 100: open at 126, closing (not desired) from 127 on.
+        let d = desired(std::slice::from_ref(&p), std::slice::from_ref(&r), at(126));
+        assert_eq!(d.targets.values().next().unwrap().grants.len(), 1);
+        assert_eq!(d.next_expiry, Some(at(127)));
+        let d = desired(&[p], &[r], at(127));
+        assert!(d.targets.values().next().unwrap().grants.is_empty());
+        assert_eq!(
+            d.requests[&ObjectKey::new("ns", "a")].ports[0].state,
+            PortState::Expired
+        );
+        assert_eq!(
+            d.requests[&ObjectKey::new("ns", "a")].ports[0].expires_at,
+            Some(at(130))
         );
     }
 

@@ -9,7 +9,7 @@ use portcullis::api::{AccessRequest, JitPolicy, Phase, PortReason};
 use crate::support::aws::{self, Instance};
 use crate::support::ec2_proxy::{Ec2Proxy, Faults};
 use crate::support::kube_helpers::{delete_and_wait_gone, eventually, namespace, wait_for_webhook};
-use crate::support::operator::Operator;
+use crate::support::operator::{Operator, http_get};
 use crate::support::testbed::{ADMIN, Testbed};
 
 pub const MINUTE: Duration = Duration::from_secs(60);
@@ -286,6 +286,22 @@ async fn aws_baseline_grant_and_expiry() {
         "rule outlived its grant by {lag:?}"
     );
     // The emptied owned group is detached and deleted.
+    // The operator's own endpoints: health, readiness, and a metric per cloud call.
+    let base = w.operator.metrics_url.clone();
+    assert_eq!(http_get(&format!("{base}/healthz")).await.unwrap().0, 200);
+    assert_eq!(http_get(&format!("{base}/readyz")).await.unwrap().0, 200);
+    let (status, metrics) = http_get(&format!("{base}/metrics")).await.unwrap();
+    assert_eq!(status, 200);
+    for series in [
+        r#"portcullis_cloud_api_calls_total{cloud="aws",op="AuthorizeSecurityGroupIngress",outcome="ok"}"#,
+        r#"portcullis_cloud_api_calls_total{cloud="aws",op="RevokeSecurityGroupIngress",outcome="ok"}"#,
+        r#"portcullis_reconciles_total{resource="jitpolicy",outcome="ok"}"#,
+    ] {
+        assert!(
+            metrics.contains(series),
+            "{series} missing from /metrics:\n{metrics}"
+        );
+    }
     eventually("the owned group to go", MINUTE, || async {
         w.owned_group().await.is_none().then_some(())
     })

@@ -229,8 +229,12 @@ async fn azure_baseline_grant_expiry_in_both_nsgs() {
     let r = w.phase("ssh", Phase::Expired).await;
     assert_eq!(port_reason(&r), Some(PortReason::Expired));
     eprintln!(
-        "METRIC azure expiry lag: {:.3}s (expiresAt → allow rules gone from 2 NSGs)",
+        "METRIC azure expiry lag: {:.3}s (expiresAt → allow rules gone from 2 NSGs; negative: closed early)",
         lag.as_secs_f64()
+    );
+    assert!(
+        lag.as_secs_f64() < 1.0,
+        "an allow rule outlived its grant by {lag:?}"
     );
 }
 

@@ -25,6 +25,8 @@ pub struct Operator {
     envs: Vec<(String, String)>,
     log: PathBuf,
     starts: u32,
+    /// Where the operator serves /metrics, /healthz and /readyz.
+    pub metrics_url: String,
 }
 
 impl Operator {
@@ -97,6 +99,7 @@ impl Operator {
         extra: Vec<String>,
         env: &[(&str, &str)],
     ) -> Operator {
+        let metrics_port = super::process::free_port();
         let mut args = vec![
             "run".to_string(),
             "--kubeconfig".into(),
@@ -108,7 +111,7 @@ impl Operator {
             "--cluster-name".into(),
             namespace.into(),
             "--metrics-listen".into(),
-            "127.0.0.1:0".into(),
+            format!("127.0.0.1:{metrics_port}"),
             "--operator-namespace".into(),
             namespace.into(),
         ];
@@ -131,6 +134,7 @@ impl Operator {
             envs,
             log: tb.dir.join(format!("operator-{namespace}.log")),
             starts: 0,
+            metrics_url: format!("http://127.0.0.1:{metrics_port}"),
         };
         op.restart();
         op
@@ -166,4 +170,23 @@ impl Drop for Operator {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// GETs a plain-HTTP URL; status and body.
+pub async fn http_get(url: &str) -> Result<(u16, String), String> {
+    use http_body_util::{BodyExt, Empty};
+    use hyper::body::Bytes;
+    let client: hyper_util::client::legacy::Client<_, Empty<Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http();
+    let uri: hyper::Uri = url.parse().map_err(|e| format!("{e}"))?;
+    let resp = client.get(uri).await.map_err(|e| e.to_string())?;
+    let status = resp.status().as_u16();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
