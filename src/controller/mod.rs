@@ -7,8 +7,10 @@
 //! expired or whose owner is gone, first thing at start and then on every resync.
 
 mod convert;
+mod kube_ops;
 mod policy;
 mod request;
+mod request_status;
 mod sweeper;
 
 use std::sync::Arc;

@@ -6,27 +6,25 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
-use kube::api::{Api, Patch, PatchParams};
+use kube::ResourceExt;
+use kube::api::Api;
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event as KubeEvent, EventType};
+use kube::runtime::events::EventType;
 use kube::runtime::finalizer::{Event, finalizer};
-use kube::{Resource, ResourceExt};
-use serde_json::json;
 use tracing::{info, instrument, warn};
 
 use super::convert::{self, time};
-use super::{Context, Error, FINALIZER, MANAGER};
+use super::kube_ops::{add_finalizer, publish, write_policy_status, write_request_status};
+use super::request_status::settle_request;
+use super::{Context, Error, FINALIZER};
 use crate::api::conditions::{self, CONFLICT, DEGRADED, READY, RECONCILING, STALLED, UNSUPPORTED};
 use crate::api::policy::TargetStatus;
-use crate::api::{
-    AccessRequest, AccessRequestStatus, JitPolicy, JitPolicyStatus, Phase, PortStatus,
-};
+use crate::api::{AccessRequest, JitPolicy, JitPolicyStatus, Phase};
 use crate::cloud::{CloudError, Observation};
 use crate::domain::requester;
 use crate::domain::validate::{self, FieldError};
 use crate::domain::{
-    Change, ForeignRuleSpec, ObjectKey, OwnedRule, PortSpec, PortState, Request, TargetDesired,
-    desired, plan, stamp,
+    Change, ForeignRuleSpec, ObjectKey, PortSpec, PortState, Request, TargetDesired, desired, plan,
 };
 use crate::metrics;
 
@@ -63,14 +61,14 @@ pub fn error_policy(_policy: Arc<JitPolicy>, err: &Error, _ctx: Arc<Context>) ->
 }
 
 /// What happened to one target in this reconcile.
-struct TargetResult {
-    observation: Option<Observation>,
-    converged: bool,
-    error: Option<TargetError>,
-    drift: u64,
+pub(super) struct TargetResult {
+    pub(super) observation: Option<Observation>,
+    pub(super) converged: bool,
+    pub(super) error: Option<TargetError>,
+    pub(super) drift: u64,
 }
 
-enum TargetError {
+pub(super) enum TargetError {
     Cloud(CloudError),
     Unsupported(String),
     /// Priorities that cannot be placed without touching foreign rules (Azure).
@@ -87,11 +85,11 @@ impl TargetError {
 }
 
 /// A request of this policy, parsed or not.
-struct Gathered {
-    object: Arc<AccessRequest>,
-    parsed: Result<Request, Vec<FieldError>>,
+pub(super) struct Gathered {
+    pub(super) object: Arc<AccessRequest>,
+    pub(super) parsed: Result<Request, Vec<FieldError>>,
     /// Who asked, when the stamp verifies.
-    requester: Option<crate::api::Requester>,
+    pub(super) requester: Option<crate::api::Requester>,
 }
 
 async fn converge(policy: &JitPolicy, ctx: &Context, deleting: bool) -> Result<Action, Error> {
@@ -277,7 +275,7 @@ async fn converge(policy: &JitPolicy, ctx: &Context, deleting: bool) -> Result<A
 
     // The requests' statuses.
     for g in &gathered {
-        settle_request(ctx, g, &want, &results, now).await?;
+        settle_request(ctx, g, &want, &results).await?;
     }
 
     let all_converged = results.values().all(|r| r.converged && r.error.is_none());
@@ -572,320 +570,4 @@ fn set_conditions(
             }
         }
     }
-}
-
-async fn write_policy_status(
-    api: &Api<JitPolicy>,
-    name: &str,
-    old: &JitPolicyStatus,
-    new: &JitPolicyStatus,
-) -> Result<(), kube::Error> {
-    if old == new {
-        return Ok(());
-    }
-    let patch =
-        json!({"apiVersion": "jit.portcullis.dev/v1alpha1", "kind": "JitPolicy", "status": new});
-    api.patch_status(
-        name,
-        &PatchParams::apply(MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await?;
-    Ok(())
-}
-
-/// Writes a request's status (server-side apply, only when it changed).
-pub(super) async fn write_request_status(
-    ctx: &Context,
-    req: &AccessRequest,
-    new: &AccessRequestStatus,
-) -> Result<(), kube::Error> {
-    if req.status.as_ref() == Some(new) {
-        return Ok(());
-    }
-    let api: Api<AccessRequest> = ctx.api(&req.namespace().unwrap_or_default());
-    let patch = json!({"apiVersion": "jit.portcullis.dev/v1alpha1", "kind": "AccessRequest", "status": new});
-    match api
-        .patch_status(
-            &req.name_any(),
-            &PatchParams::apply(MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await
-    {
-        Ok(_) => Ok(()),
-        // Deleted meanwhile: nothing left to record.
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-        Err(e) => Err(e),
-    }
-}
-
-async fn add_finalizer(ctx: &Context, req: &AccessRequest) -> Result<(), kube::Error> {
-    let api: Api<AccessRequest> = ctx.api(&req.namespace().unwrap_or_default());
-    let mut finalizers = req.finalizers().to_vec();
-    finalizers.push(FINALIZER.to_string());
-    let patch =
-        json!({"metadata": {"finalizers": finalizers, "resourceVersion": req.resource_version()}});
-    api.patch(
-        &req.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(&patch),
-    )
-    .await?;
-    Ok(())
-}
-
-/// Removes the request's finalizer.
-pub(super) async fn remove_finalizer(
-    ctx: &Context,
-    req: &AccessRequest,
-) -> Result<(), kube::Error> {
-    if !req.finalizers().iter().any(|f| f == FINALIZER) {
-        return Ok(());
-    }
-    let api: Api<AccessRequest> = ctx.api(&req.namespace().unwrap_or_default());
-    let finalizers: Vec<&String> = req
-        .finalizers()
-        .iter()
-        .filter(|f| *f != FINALIZER)
-        .collect();
-    let patch =
-        json!({"metadata": {"finalizers": finalizers, "resourceVersion": req.resource_version()}});
-    match api
-        .patch(
-            &req.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(&patch),
-        )
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-        Err(e) => Err(e),
-    }
-}
-
-/// Publishes an event about `obj`; failures are logged, never fatal.
-pub(super) async fn publish<K: Resource<DynamicType = ()>>(
-    ctx: &Context,
-    obj: &K,
-    type_: EventType,
-    reason: &str,
-    note: String,
-) {
-    let ev = KubeEvent {
-        type_,
-        reason: reason.to_string(),
-        note: Some(note.chars().take(1000).collect()),
-        action: reason.to_string(),
-        secondary: None,
-    };
-    if let Err(e) = ctx.recorder.publish(&ev, &obj.object_ref(&())).await {
-        warn!(error = %e, reason, "cannot publish event");
-    }
-}
-
-/// The ports of a request that may not open: Denied when it was never granted,
-/// Revoked (PolicyChanged) when it was; ports already closed keep their state.
-pub(super) fn refused_ports(req: &AccessRequest, old: &AccessRequestStatus) -> Vec<PortStatus> {
-    let granted = old.granted_at.is_some();
-    req.spec
-        .ports
-        .iter()
-        .enumerate()
-        .map(|(i, p)| {
-            let prev = old.ports.get(i).filter(|x| x.port == p.port);
-            match prev {
-                Some(x)
-                    if matches!(
-                        x.state,
-                        Phase::Expired | Phase::Revoked | Phase::Denied | Phase::Failed
-                    ) =>
-                {
-                    x.clone()
-                }
-                _ => PortStatus {
-                    port: p.port,
-                    state: if granted {
-                        Phase::Revoked
-                    } else {
-                        Phase::Denied
-                    },
-                    reason: granted.then_some(crate::api::PortReason::PolicyChanged),
-                    expires_at: prev.and_then(|x| x.expires_at.clone()),
-                    rule_ids: Vec::new(),
-                    connection: None,
-                },
-            }
-        })
-        .collect()
-}
-
-/// The phase a request's ports add up to.
-pub(super) fn phase_of(ports: &[PortStatus]) -> Phase {
-    let states: Vec<Phase> = ports.iter().map(|p| p.state).collect();
-    if states.contains(&Phase::Active) {
-        Phase::Active
-    } else if states.contains(&Phase::Pending) {
-        Phase::Pending
-    } else if !states.is_empty() && states.iter().all(|s| *s == Phase::Expired) {
-        Phase::Expired
-    } else if !states.is_empty() && states.iter().all(|s| *s == Phase::Denied) {
-        Phase::Denied
-    } else if states.contains(&Phase::Failed) {
-        Phase::Failed
-    } else {
-        Phase::Revoked
-    }
-}
-
-/// Sets a request's conditions from its phase.
-pub(super) fn request_conditions(
-    s: &mut AccessRequestStatus,
-    generation: Option<i64>,
-    ctx: &Context,
-) {
-    let now = time(ctx.now());
-    let phase = s.phase.unwrap_or(Phase::Pending);
-    let message = s.message.clone().unwrap_or_default();
-    let reason = format!("{phase:?}");
-    let (ready, reconciling, stalled) = match phase {
-        Phase::Pending => (false, true, false),
-        Phase::Active | Phase::Expired | Phase::Revoked => (true, false, false),
-        Phase::Denied | Phase::Failed => (false, false, true),
-    };
-    for (kind, on) in [
-        (READY, ready),
-        (RECONCILING, reconciling),
-        (STALLED, stalled),
-    ] {
-        conditions::set(
-            &mut s.conditions,
-            kind,
-            on,
-            &reason,
-            if on { &message } else { "" },
-            generation,
-            now.clone(),
-        );
-    }
-}
-
-async fn settle_request(
-    ctx: &Context,
-    g: &Gathered,
-    want: &crate::domain::Desired,
-    results: &BTreeMap<String, TargetResult>,
-    now: jiff::Timestamp,
-) -> Result<(), Error> {
-    let req = &g.object;
-    let old = req.status.clone().unwrap_or_default();
-    let mut s = old.clone();
-    s.observed_generation = req.metadata.generation;
-    s.requester = g.requester.clone();
-    let deleting = req.metadata.deletion_timestamp.is_some();
-    let target_done = results
-        .get(&req.spec.target)
-        .is_some_and(|r| r.converged && r.error.is_none());
-    match &g.parsed {
-        Err(errors) => {
-            s.ports = refused_ports(req, &old);
-            s.message = Some(validate::join(errors));
-        }
-        Ok(r) => {
-            let outcome = &want.requests[&r.key];
-            let owned: Vec<&OwnedRule> = results
-                .get(&r.target)
-                .and_then(|t| t.observation.as_ref())
-                .map(|o| o.observed.owned.iter().collect())
-                .unwrap_or_default();
-            let owner = stamp::owner_id(&r.key);
-            s.granted_at = outcome.granted_at.map(time).or(s.granted_at);
-            s.expires_at = outcome.expires_at().map(time);
-            s.ports = r
-                .ports
-                .iter()
-                .zip(&outcome.ports)
-                .map(|(p, o)| {
-                    let rule_ids: Vec<String> = owned
-                        .iter()
-                        .filter(|x| {
-                            x.stamp.owner == owner && x.port == p.spec && x.source == Some(p.source)
-                        })
-                        .flat_map(|x| x.cloud_id.split(',').map(str::to_string))
-                        .collect();
-                    let state = match o.state {
-                        // Open only once the cloud says so.
-                        PortState::Active if !target_done || rule_ids.is_empty() => {
-                            PortState::Pending
-                        }
-                        s => s,
-                    };
-                    let (phase, reason) = convert::port_state_to_api(state);
-                    PortStatus {
-                        port: i32::from(p.spec.port.get()),
-                        state: phase,
-                        reason,
-                        expires_at: o.expires_at.map(time),
-                        rule_ids: if phase == Phase::Active {
-                            rule_ids
-                        } else {
-                            Vec::new()
-                        },
-                        connection: None,
-                    }
-                })
-                .collect();
-            s.message = Some(match phase_of(&s.ports) {
-                Phase::Active => format!(
-                    "open until {}",
-                    outcome
-                        .expires_at()
-                        .map(|t| t.to_string())
-                        .unwrap_or_default()
-                ),
-                Phase::Pending => "opening".to_string(),
-                Phase::Expired => "closed: the grant expired".to_string(),
-                Phase::Revoked => "closed before its time".to_string(),
-                Phase::Denied | Phase::Failed => s.message.clone().unwrap_or_default(),
-            });
-        }
-    }
-    s.phase = Some(phase_of(&s.ports));
-    request_conditions(&mut s, req.metadata.generation, ctx);
-    let _ = now;
-    write_request_status(ctx, req, &s).await?;
-    announce(ctx, req, &old, &s).await;
-
-    // A deleted request lets go once nothing of it is open.
-    let all_closed = s
-        .ports
-        .iter()
-        .all(|p| p.state != Phase::Active && p.state != Phase::Pending);
-    if deleting && (all_closed && target_done || g.parsed.is_err()) {
-        remove_finalizer(ctx, req).await?;
-    }
-    Ok(())
-}
-
-/// Events for what changed in a request's status.
-async fn announce(
-    ctx: &Context,
-    req: &AccessRequest,
-    old: &AccessRequestStatus,
-    new: &AccessRequestStatus,
-) {
-    if old.phase == new.phase {
-        return;
-    }
-    let note = new.message.clone().unwrap_or_default();
-    let (kind, reason) = match new.phase {
-        Some(Phase::Active) => (EventType::Normal, "Granted"),
-        Some(Phase::Expired) => (EventType::Normal, "Expired"),
-        Some(Phase::Revoked) => (EventType::Normal, "Revoked"),
-        Some(Phase::Denied) => (EventType::Warning, "Denied"),
-        Some(Phase::Failed) => (EventType::Warning, "Failed"),
-        _ => return,
-    };
-    publish(ctx, req, kind, reason, note).await;
 }

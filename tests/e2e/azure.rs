@@ -292,6 +292,13 @@ async fn azure_revoke_supersede_and_drift() {
     let r = w.phase("second", Phase::Revoked).await;
     assert_eq!(port_reason(&r), Some(PortReason::UserRequested));
     w.wait_allows("the revoked rules to go", 0).await;
+
+    // Early revoke by deleting the request.
+    w.create_request("third", "203.0.113.9/32", "10m").await;
+    w.phase("third", Phase::Active).await;
+    w.wait_allows("the third grant in both NSGs", 1).await;
+    delete_and_wait_gone(&w.requests, "third").await;
+    w.wait_allows("the deleted request's rules to go", 0).await;
     let p = w.ready().await;
     assert!(p.status.unwrap().targets[0].drift_corrections >= 1);
 }

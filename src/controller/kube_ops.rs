@@ -1,0 +1,121 @@
+//! Writes to the Kubernetes API: status by server-side apply, finalizers, events.
+
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::events::{Event as KubeEvent, EventType};
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+use tracing::warn;
+
+use super::{Context, FINALIZER, MANAGER};
+use crate::api::{AccessRequest, AccessRequestStatus, JitPolicy, JitPolicyStatus};
+
+pub(super) async fn write_policy_status(
+    api: &Api<JitPolicy>,
+    name: &str,
+    old: &JitPolicyStatus,
+    new: &JitPolicyStatus,
+) -> Result<(), kube::Error> {
+    if old == new {
+        return Ok(());
+    }
+    let patch =
+        json!({"apiVersion": "jit.portcullis.dev/v1alpha1", "kind": "JitPolicy", "status": new});
+    api.patch_status(
+        name,
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Writes a request's status (server-side apply, only when it changed).
+pub(super) async fn write_request_status(
+    ctx: &Context,
+    req: &AccessRequest,
+    new: &AccessRequestStatus,
+) -> Result<(), kube::Error> {
+    if req.status.as_ref() == Some(new) {
+        return Ok(());
+    }
+    let api: Api<AccessRequest> = ctx.api(&req.namespace().unwrap_or_default());
+    let patch = json!({"apiVersion": "jit.portcullis.dev/v1alpha1", "kind": "AccessRequest", "status": new});
+    match api
+        .patch_status(
+            &req.name_any(),
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        // Deleted meanwhile: nothing left to record.
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+pub(super) async fn add_finalizer(ctx: &Context, req: &AccessRequest) -> Result<(), kube::Error> {
+    let api: Api<AccessRequest> = ctx.api(&req.namespace().unwrap_or_default());
+    let mut finalizers = req.finalizers().to_vec();
+    finalizers.push(FINALIZER.to_string());
+    let patch =
+        json!({"metadata": {"finalizers": finalizers, "resourceVersion": req.resource_version()}});
+    api.patch(
+        &req.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Removes the request's finalizer.
+pub(super) async fn remove_finalizer(
+    ctx: &Context,
+    req: &AccessRequest,
+) -> Result<(), kube::Error> {
+    if !req.finalizers().iter().any(|f| f == FINALIZER) {
+        return Ok(());
+    }
+    let api: Api<AccessRequest> = ctx.api(&req.namespace().unwrap_or_default());
+    let finalizers: Vec<&String> = req
+        .finalizers()
+        .iter()
+        .filter(|f| *f != FINALIZER)
+        .collect();
+    let patch =
+        json!({"metadata": {"finalizers": finalizers, "resourceVersion": req.resource_version()}});
+    match api
+        .patch(
+            &req.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Publishes an event about `obj`; failures are logged, never fatal.
+pub(super) async fn publish<K: Resource<DynamicType = ()>>(
+    ctx: &Context,
+    obj: &K,
+    type_: EventType,
+    reason: &str,
+    note: String,
+) {
+    let ev = KubeEvent {
+        type_,
+        reason: reason.to_string(),
+        note: Some(note.chars().take(1000).collect()),
+        action: reason.to_string(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&ev, &obj.object_ref(&())).await {
+        warn!(error = %e, reason, "cannot publish event");
+    }
+}
