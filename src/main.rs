@@ -174,9 +174,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     } else {
         Some(start_webhook(&args, &client, &settings, stamp_key.clone()).await?)
     };
-    ready.set_ready();
     tokio::select! {
-        r = controller::run(client, backends, settings, Arc::new(jiff::Timestamp::now), stamp_key) => r,
+        r = controller::run(client, backends, settings, Arc::new(jiff::Timestamp::now), stamp_key, ready) => r,
         r = http => Err(anyhow::anyhow!("the metrics server stopped: {:?}", r)),
         r = async { match webhook { Some(w) => w.await, None => std::future::pending().await } } => {
             Err(anyhow::anyhow!("the admission webhook stopped: {:?}", r))

@@ -164,6 +164,7 @@ pub async fn run(
     settings: Settings,
     clock: Clock,
     stamp_key: Vec<u8>,
+    ready: crate::http::Readiness,
 ) -> anyhow::Result<()> {
     let (policies_api, requests_api): (Api<JitPolicy>, Api<AccessRequest>) =
         match &settings.namespace {
@@ -179,6 +180,10 @@ pub async fn run(
         Ok(report) => info!(?report, "startup sweep done"),
         Err(e) => warn!(error = %e, "startup sweep failed; the periodic sweeper will retry"),
     }
+    // Ready once the API server answered the startup lists and the sweep ran.
+    // (The caches' own readiness signal never fired for the request cache here; see the
+    // session notes.)
+    ready.set_ready();
 
     let policy_controller =
         Controller::new(policies_api, watcher::Config::default().any_semantic());

@@ -286,6 +286,17 @@ async fn aws_baseline_grant_and_expiry() {
         "rule outlived its grant by {lag:?}"
     );
     // The emptied owned group is detached and deleted.
+    // The trail: Events for the grant and the expiry.
+    let events = crate::support::testbed::run(
+        Testbed::shared()
+            .kubectl(ADMIN)
+            .args(["get", "events", "-n", &w.ns]),
+    )
+    .unwrap();
+    for reason in ["Granted", "Expired"] {
+        assert!(events.contains(reason), "no {reason} event:\n{events}");
+    }
+
     // The operator's own endpoints: health, readiness, and a metric per cloud call.
     let base = w.operator.metrics_url.clone();
     assert_eq!(http_get(&format!("{base}/healthz")).await.unwrap().0, 200);

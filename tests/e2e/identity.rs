@@ -424,6 +424,23 @@ async fn identity_without_the_webhook_nothing_opens() {
             .unwrap_or_default()
             .contains("does not verify")
     );
+    // A request naming a policy that does not exist: Denied by the request controller.
+    let orphan: AccessRequest = serde_saphyr::from_str(
+        &request_yaml("orphan", "").replace("policyRef: {name: jit}", "policyRef: {name: nope}"),
+    )
+    .unwrap();
+    w.requests
+        .create(&PostParams::default(), &orphan)
+        .await
+        .unwrap();
+    let r = w.phase("orphan", Phase::Denied, MINUTE).await;
+    assert!(
+        r.status
+            .unwrap()
+            .message
+            .unwrap_or_default()
+            .contains("spec.policyRef.name")
+    );
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(
         w.proxy.writes(),
