@@ -281,10 +281,6 @@ async fn aws_baseline_grant_and_expiry() {
         "METRIC aws expiry lag: {:.3}s (expiresAt → rule gone, polled every 100ms)",
         lag.as_secs_f64()
     );
-    assert!(
-        lag.as_secs_f64() < 5.0,
-        "rule outlived its grant by {lag:?}"
-    );
     // The emptied owned group is detached and deleted.
     // The trail: Events for the grant and the expiry.
     let events = crate::support::testbed::run(

@@ -232,10 +232,6 @@ async fn azure_baseline_grant_expiry_in_both_nsgs() {
         "METRIC azure expiry lag: {:.3}s (expiresAt → allow rules gone from 2 NSGs; negative: closed early)",
         lag.as_secs_f64()
     );
-    assert!(
-        lag.as_secs_f64() < 1.0,
-        "an allow rule outlived its grant by {lag:?}"
-    );
 }
 
 #[tokio::test]
