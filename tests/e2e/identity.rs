@@ -449,3 +449,52 @@ async fn identity_without_the_webhook_nothing_opens() {
     );
     assert!(w.owned_rules().await.is_empty());
 }
+
+#[tokio::test]
+async fn identity_webhook_serves_certificates_from_cert_manager() {
+    // cert-manager mounts ca.crt, tls.crt and tls.key; the operator serves with them and
+    // puts that CA in its webhook configurations instead of making its own.
+    let tb = Testbed::shared();
+    tb.install_crds().unwrap();
+    let client = tb.client(ADMIN).await;
+    let ns = crate::support::kube_helpers::namespace(&client, "id-certmgr").await;
+    let material = portcullis::certs::serving_cert("from-cert-manager", &["127.0.0.1"]).unwrap();
+    let dir = tb.dir.join(format!("cert-manager-{ns}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (file, pem) in [
+        ("ca.crt", &material.ca_pem),
+        ("tls.crt", &material.cert_pem),
+        ("tls.key", &material.key_pem),
+    ] {
+        std::fs::write(dir.join(file), pem).unwrap();
+    }
+    let port = crate::support::process::free_port();
+    let config = format!("portcullis-{ns}");
+    let args = vec![
+        "--webhook-listen".to_string(),
+        format!("127.0.0.1:{port}"),
+        "--webhook-url".into(),
+        format!("https://127.0.0.1:{port}"),
+        "--webhook-config-name".into(),
+        config.clone(),
+        "--webhook-cert-dir".into(),
+        dir.display().to_string(),
+    ];
+    let _operator =
+        crate::support::operator::Operator::start_with(tb, &ns, &tb.moto_url, "2s", args, &[]);
+    crate::support::kube_helpers::wait_for_webhook(&client, &ns).await;
+    let hooks: Api<k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration> =
+        Api::all(client.clone());
+    let hook = hooks.get(&config).await.unwrap();
+    let bundle = hook.webhooks.unwrap()[0]
+        .client_config
+        .ca_bundle
+        .clone()
+        .unwrap()
+        .0;
+    assert_eq!(
+        String::from_utf8(bundle).unwrap(),
+        material.ca_pem,
+        "the caBundle is cert-manager's CA"
+    );
+}

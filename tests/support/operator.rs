@@ -91,7 +91,8 @@ impl Operator {
         )
     }
 
-    fn start_with(
+    /// Starts the operator with extra command-line arguments and environment variables.
+    pub fn start_with(
         tb: &Testbed,
         namespace: &str,
         aws_url: &str,
