@@ -7,6 +7,7 @@ pub mod cloud;
 pub mod controller;
 pub mod domain;
 pub mod http;
+pub mod leader;
 pub mod metrics;
 pub mod telemetry;
 pub mod webhook;

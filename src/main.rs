@@ -83,6 +83,15 @@ struct RunArgs {
     /// The name of the webhook configurations the operator registers.
     #[arg(long, default_value = "portcullis")]
     webhook_config_name: String,
+    /// Run without leader election (one replica only).
+    #[arg(long)]
+    no_leader_election: bool,
+    /// The Lease, in --operator-namespace, that elects the replica that reconciles.
+    #[arg(long, default_value = "portcullis-leader")]
+    lease_name: String,
+    /// How long a leader that stops renewing keeps the Lease.
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    lease_duration: std::time::Duration,
     /// Log format.
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -169,18 +178,63 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     .remove("key")
     .ok_or_else(|| anyhow::anyhow!("Secret {} has no key", args.stamp_secret))?;
 
-    let webhook = if args.no_webhook {
-        None
+    // Every replica serves admission; only the leader registers it and reconciles.
+    let (webhook, registration) = if args.no_webhook {
+        (None, None)
     } else {
-        Some(start_webhook(&args, &client, &settings, stamp_key.clone()).await?)
+        let (server, registration) =
+            start_webhook(&args, &client, &settings, stamp_key.clone()).await?;
+        (Some(server), Some(registration))
+    };
+    // Able to serve admission: ready, leader or not.
+    ready.set_ready();
+    let election = (!args.no_leader_election).then(|| portcullis::leader::Election {
+        namespace: args.operator_namespace.clone(),
+        name: args.lease_name.clone(),
+        identity: std::env::var("POD_NAME")
+            .unwrap_or_else(|_| format!("{}-{}", hostname(), std::process::id())),
+        lease_duration: args.lease_duration,
+    });
+    let lead = async {
+        if let Some(e) = &election {
+            e.acquire(&client).await;
+        }
+        if let Some(r) = registration {
+            webhook::register::apply(&client, &r).await?;
+            let (client, resync) = (client.clone(), settings.resync);
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(resync).await;
+                    if let Err(e) = webhook::register::apply(&client, &r).await {
+                        tracing::warn!(error = %e, "cannot re-apply the webhook configurations");
+                    }
+                }
+            });
+        }
+        let keep = async {
+            match &election {
+                Some(e) => e.keep(&client).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            r = controller::run(client.clone(), backends, settings, Arc::new(jiff::Timestamp::now), stamp_key, ready) => r,
+            _ = keep => Err(anyhow::anyhow!("lost the leader Lease; exiting so that only one replica writes")),
+        }
     };
     tokio::select! {
-        r = controller::run(client, backends, settings, Arc::new(jiff::Timestamp::now), stamp_key, ready) => r,
+        r = lead => r,
         r = http => Err(anyhow::anyhow!("the metrics server stopped: {:?}", r)),
         r = async { match webhook { Some(w) => w.await, None => std::future::pending().await } } => {
             Err(anyhow::anyhow!("the admission webhook stopped: {:?}", r))
         }
     }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "portcullis".into())
 }
 
 /// Serves the admission webhook and keeps its configurations registered, with a current
@@ -190,7 +244,7 @@ async fn start_webhook(
     client: &kube::Client,
     settings: &Settings,
     stamp_key: Vec<u8>,
-) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+) -> anyhow::Result<(tokio::task::JoinHandle<()>, webhook::register::Registration)> {
     use webhook::register::{Endpoint, Registration};
     let endpoint = match &args.webhook_url {
         Some(url) => Endpoint::Url(url.clone()),
@@ -250,15 +304,5 @@ async fn start_webhook(
         ca_pem: material.ca_pem.clone(),
         namespace: settings.namespace.clone(),
     };
-    webhook::register::apply(client, &registration).await?;
-    let (client, resync) = (client.clone(), settings.resync);
-    tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(resync).await;
-            if let Err(e) = webhook::register::apply(&client, &registration).await {
-                tracing::warn!(error = %e, "cannot re-apply the webhook configurations");
-            }
-        }
-    });
-    Ok(server)
+    Ok((server, registration))
 }

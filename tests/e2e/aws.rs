@@ -664,3 +664,37 @@ async fn aws_sigkill_at_any_point_converges() {
     assert_eq!(aws::ingress_summary(&w.ec2, &w.vm.group_id).await, original);
     assert!(w.owned_group().await.is_none());
 }
+
+#[tokio::test]
+async fn aws_two_replicas_only_the_leader_writes() {
+    let mut w = World::new("aws-ha", Faults::None).await;
+    // A second replica in the same namespace, with its own proxy to tell its calls apart.
+    let tb = Testbed::shared();
+    let proxy_b = Ec2Proxy::start(&tb.moto_url).await;
+    let _b = Operator::start_env(tb, &w.ns, &proxy_b.url, "2s", &[("POD_NAME", "replica-b")]);
+    w.create_policy("jit").await;
+    w.ready_policy("jit").await;
+    w.create_request("first", 22, "203.0.113.7/32", "10m").await;
+    w.phase("first", Phase::Active, MINUTE).await;
+    tokio::time::sleep(Duration::from_secs(3)).await; // a resync or two on both replicas
+    assert!(!w.proxy.writes().is_empty(), "the leader made no write");
+    assert_eq!(
+        proxy_b.writes(),
+        Vec::<String>::new(),
+        "the follower wrote to the cloud"
+    );
+
+    // The leader dies: the follower takes the Lease, registers admission, and works.
+    w.operator.kill();
+    let killed = Instant::now();
+    wait_for_webhook(&w.requests.clone().into_client(), &w.ns).await;
+    w.create_request("second", 22, "203.0.113.8/32", "10m")
+        .await;
+    w.phase("second", Phase::Active, MINUTE).await;
+    eprintln!(
+        "METRIC failover: the second replica granted a request {:.1}s after the leader was killed (Lease 3s)",
+        killed.elapsed().as_secs_f64()
+    );
+    assert!(!proxy_b.writes().is_empty(), "the new leader made no write");
+    assert_eq!(w.owned_rules().await.len(), 2);
+}

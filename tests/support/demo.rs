@@ -266,7 +266,7 @@ async fn main() -> Result<(), String> {
          \x20 API server  {api}  (kube-apiserver 1.20, etcd; users admin, alice, bob)\n\
          \x20 AWS (moto)  {moto}  (instance {id})\n\
          \x20 Azure (ARM emulator) {arm_url}  (VM {azvm})\n\
-         \x20 logs        {dir}  (operator: operator-demo.1.log)\n\n\
+         \x20 logs        {dir}  (operator: operator-demo-*.log)\n\n\
          Try:\n\
          \x20 export KUBECONFIG={kc}\n\
          \x20 kubectl get jitpolicies,accessrequests -n {NS}\n\

@@ -115,6 +115,8 @@ impl Operator {
             format!("127.0.0.1:{metrics_port}"),
             "--operator-namespace".into(),
             namespace.into(),
+            "--lease-duration".into(),
+            "3s".into(),
         ];
         args.extend(extra);
         let mut envs = vec![
@@ -128,12 +130,17 @@ impl Operator {
                 "info,portcullis=debug,kube_runtime=warn,aws=warn".into(),
             ),
         ];
+        // A restarted container keeps its pod's name, so it takes its own Lease back at once.
+        envs.push(("POD_NAME".into(), format!("portcullis-{namespace}")));
         envs.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         let mut op = Operator {
             child: None,
             args,
             envs,
-            log: tb.dir.join(format!("operator-{namespace}.log")),
+            log: tb.dir.join(format!("operator-{namespace}-{}.log", {
+                static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+                SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            })),
             starts: 0,
             metrics_url: format!("http://127.0.0.1:{metrics_port}"),
         };
