@@ -22,7 +22,11 @@ use support::testbed::{ADMIN, ALICE, Testbed, repo_root, run};
 const NS: &str = "demo";
 
 fn step(text: &str) {
-    println!("\n\x1b[1m==> {text}\x1b[0m");
+    if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+        println!("\n\x1b[1m==> {text}\x1b[0m");
+    } else {
+        println!("\n==> {text}");
+    }
 }
 
 async fn show_group(ec2: &aws_sdk_ec2::Client, what: &str, group: &str) {
