@@ -213,6 +213,7 @@ async fn converge(policy: &JitPolicy, ctx: &Context, deleting: bool) -> Result<A
     for td in want.targets.values() {
         let result = reconcile_target(
             ctx,
+            policy,
             &api,
             &name,
             &old_status,
@@ -301,6 +302,7 @@ async fn converge(policy: &JitPolicy, ctx: &Context, deleting: bool) -> Result<A
 #[allow(clippy::too_many_arguments)]
 async fn reconcile_target(
     ctx: &Context,
+    policy: &JitPolicy,
     api: &Api<JitPolicy>,
     name: &str,
     old_status: &JitPolicyStatus,
@@ -366,6 +368,33 @@ async fn reconcile_target(
                 }),
                 Some(obs),
             );
+        }
+    }
+
+    // A foreign rule that opens more than the governed ports is revoked whole (and
+    // restored whole later): say so, since it closes those other ports meanwhile.
+    for c in &p.changes {
+        if let Change::RevokeForeign(r) = c {
+            let only_governed = r.spec.ports.is_some_and(|(from, to)| {
+                (from..=to).all(|port| td.baseline.iter().any(|b| b.port.get() == port))
+            });
+            if !only_governed {
+                let range = r
+                    .spec
+                    .ports
+                    .map_or("all ports".to_string(), |(f, t)| format!("ports {f}-{t}"));
+                publish(
+                    ctx,
+                    policy,
+                    EventType::Warning,
+                    "RevokedBroadRule",
+                    format!(
+                        "rule {} in {} ({} {range} from {:?}) opens more than the governed ports; it is revoked whole and restored when the policy lets go of the port",
+                        r.cloud_id, r.spec.container, r.spec.protocol, r.spec.source
+                    ),
+                )
+                .await;
+            }
         }
     }
 

@@ -414,9 +414,42 @@ async fn aws_drift_is_healed_both_ways() {
 #[tokio::test]
 async fn aws_deleting_the_policy_restores_everything() {
     let w = World::new("aws-delete", Faults::None).await;
+    // Also a range rule that opens 22 among others: revoked whole, with a warning.
+    w.ec2
+        .authorize_security_group_ingress()
+        .group_id(&w.vm.group_id)
+        .ip_permissions(
+            aws_sdk_ec2::types::IpPermission::builder()
+                .ip_protocol("tcp")
+                .from_port(20)
+                .to_port(30)
+                .ip_ranges(
+                    aws_sdk_ec2::types::IpRange::builder()
+                        .cidr_ip("10.0.0.0/8")
+                        .description("legacy range")
+                        .build(),
+                )
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
     let original = aws::ingress_summary(&w.ec2, &w.vm.group_id).await;
     w.create_policy("jit").await;
     w.ready_policy("jit").await;
+    assert!(
+        !aws::ingress_summary(&w.ec2, &w.vm.group_id)
+            .await
+            .iter()
+            .any(|r| r.1 <= 22 && 22 <= r.2)
+    );
+    let events = crate::support::testbed::run(
+        Testbed::shared()
+            .kubectl(ADMIN)
+            .args(["get", "events", "-n", &w.ns]),
+    )
+    .unwrap();
+    assert!(events.contains("RevokedBroadRule"), "{events}");
     w.create_request("ssh", 22, "203.0.113.7/32", "10m").await;
     w.phase("ssh", Phase::Active, MINUTE).await;
 
