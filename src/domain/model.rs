@@ -354,6 +354,16 @@ pub struct Stamp {
     pub expires_at: Option<Timestamp>,
 }
 
+impl Stamp {
+    /// The stamp of a policy's baseline rules (Azure deny rules): the policy, no expiry.
+    pub fn baseline(policy: &ObjectKey) -> Stamp {
+        Stamp {
+            owner: super::stamp::owner_id(policy),
+            expires_at: None,
+        }
+    }
+}
+
 /// What an owned rule does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Access {

@@ -9,7 +9,6 @@ use std::collections::BTreeSet;
 
 use super::desired::TargetDesired;
 use super::model::*;
-use super::stamp;
 
 /// How a cloud keeps governed ports closed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -161,7 +160,7 @@ pub fn plan(desired: &TargetDesired, observed: &Observed, recorded: &[ForeignRul
     // that covers the port, inside the deny band.
     let mut denies: Vec<(&String, PortSpec, u16, Option<&OwnedRule>)> = Vec::new();
     if mode == BaselineMode::DenyRule {
-        let policy_owner = stamp::owner_id(&desired.key.policy);
+        let want_stamp = Stamp::baseline(&desired.key.policy);
         let baseline: BTreeSet<&PortSpec> = desired.baseline.iter().collect();
         for location in &observed.locations {
             for port in &baseline {
@@ -173,8 +172,7 @@ pub fn plan(desired: &TargetDesired, observed: &Observed, recorded: &[ForeignRul
                 let good = existing.is_some_and(|r| {
                     r.priority
                         .is_some_and(|p| floor <= p && p <= bands.deny.last)
-                        && r.stamp.owner == policy_owner
-                        && r.stamp.expires_at.is_none()
+                        && r.stamp == want_stamp
                 });
                 match existing {
                     Some(r) if good => {
@@ -369,10 +367,7 @@ pub fn simulate(
                     access: Access::Deny,
                     port: *port,
                     source: None,
-                    stamp: Stamp {
-                        owner: stamp::owner_id(policy),
-                        expires_at: None,
-                    },
+                    stamp: Stamp::baseline(policy),
                     priority: Some(*priority),
                 });
             }

@@ -285,6 +285,27 @@ impl AzureNsgBackend {
         json!({ "properties": props })
     }
 
+    /// PUTs the allow rule that carries a grant.
+    async fn put_grant(
+        &self,
+        nsg: &str,
+        name: &str,
+        grant: &Grant,
+        priority: u16,
+        destinations: &[String],
+    ) -> Result<(), CloudError> {
+        let description = stamp::format(&grant.stamp());
+        let body = self.rule_body(
+            Access::Allow,
+            grant.port,
+            Some(grant.source),
+            destinations,
+            priority,
+            description,
+        );
+        self.put_rule("PutSecurityRule", nsg, name, &body).await
+    }
+
     /// PUTs a rule; a priority taken meanwhile is a passing conflict: the next reconcile
     /// observes again and plans another free slot, never touching the other rule.
     async fn put_rule(
@@ -523,18 +544,15 @@ impl AzureNsgBackend {
                         .await?;
                 }
                 Change::Restamp { rule, grant } => {
-                    let description = stamp::format(&grant.stamp());
                     let priority = rule.priority.unwrap_or_default();
-                    let body = self.rule_body(
-                        Access::Allow,
-                        grant.port,
-                        Some(grant.source),
-                        &destinations,
+                    self.put_grant(
+                        &rule.location,
+                        &rule.cloud_id,
+                        grant,
                         priority,
-                        description,
-                    );
-                    self.put_rule("PutSecurityRule", &rule.location, &rule.cloud_id, &body)
-                        .await?;
+                        &destinations,
+                    )
+                    .await?;
                 }
                 Change::PutDeny {
                     location,
@@ -546,10 +564,7 @@ impl AzureNsgBackend {
                         .as_ref()
                         .map(|r| r.cloud_id.clone())
                         .unwrap_or_else(|| deny_name(target, *port));
-                    let description = stamp::format(&Stamp {
-                        owner: stamp::owner_id(&target.policy),
-                        expires_at: None,
-                    });
+                    let description = stamp::format(&Stamp::baseline(&target.policy));
                     let body = self.rule_body(
                         Access::Deny,
                         *port,
@@ -566,27 +581,14 @@ impl AzureNsgBackend {
                     grant,
                     priority,
                 } => {
-                    let description = stamp::format(&grant.stamp());
                     let priority = priority.ok_or_else(|| CloudError::Fatal {
                         op: "PutSecurityRule",
                         code: "NoPriority".into(),
                         message: "an NSG grant needs a priority".into(),
                     })?;
-                    let body = self.rule_body(
-                        Access::Allow,
-                        grant.port,
-                        Some(grant.source),
-                        &destinations,
-                        priority,
-                        description,
-                    );
-                    self.put_rule(
-                        "PutSecurityRule",
-                        location,
-                        &allow_name(target, grant),
-                        &body,
-                    )
-                    .await?;
+                    let name = allow_name(target, grant);
+                    self.put_grant(location, &name, grant, priority, &destinations)
+                        .await?;
                 }
                 // The AWS baseline's changes never reach an NSG plan.
                 Change::RevokeForeign(_) | Change::RestoreForeign(_) | Change::Unrecord(_) => {}
