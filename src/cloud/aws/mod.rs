@@ -657,69 +657,57 @@ fn owned_groups_needing_cleanup(
     })
 }
 
-async fn revoke_rules(ec2: &Client, group: &str, ids: &[String]) -> Result<(), CloudError> {
-    if ids.is_empty() {
+/// Sends `items` in one call; when EC2 refuses the whole batch because of one benign item
+/// (a rule already gone, a permission already there), sends them one by one.
+/// `send` answers whether the call went through (`false`: refused as benign).
+async fn batch_or_each<T, Fut>(
+    items: Vec<T>,
+    send: impl Fn(Vec<T>) -> Fut,
+) -> Result<(), CloudError>
+where
+    T: Clone,
+    Fut: std::future::Future<Output = Result<bool, CloudError>>,
+{
+    if items.is_empty() || send(items.clone()).await? || items.len() == 1 {
         return Ok(());
     }
-    const GONE: &[&str] = &[
-        "InvalidSecurityGroupRuleId.NotFound",
-        "InvalidPermission.NotFound",
-    ];
-    let batch = call_tolerant(
-        "RevokeSecurityGroupIngress",
-        GONE,
-        ec2.revoke_security_group_ingress()
-            .group_id(group)
-            .set_security_group_rule_ids(Some(ids.to_vec()))
-            .send(),
-    )
-    .await?;
-    if batch.is_none() && ids.len() > 1 {
-        // One of them was already gone, and EC2 refuses the whole batch: go one by one.
-        for id in ids {
-            call_tolerant(
-                "RevokeSecurityGroupIngress",
-                GONE,
-                ec2.revoke_security_group_ingress()
-                    .group_id(group)
-                    .security_group_rule_ids(id)
-                    .send(),
-            )
-            .await?;
-        }
+    for item in items {
+        send(vec![item]).await?;
     }
     Ok(())
 }
 
-async fn authorize(ec2: &Client, group: &str, perms: Vec<IpPermission>) -> Result<(), CloudError> {
-    if perms.is_empty() {
-        return Ok(());
-    }
-    const DUP: &[&str] = &["InvalidPermission.Duplicate"];
-    let batch = call_tolerant(
-        "AuthorizeSecurityGroupIngress",
-        DUP,
-        ec2.authorize_security_group_ingress()
+async fn revoke_rules(ec2: &Client, group: &str, ids: &[String]) -> Result<(), CloudError> {
+    const GONE: &[&str] = &[
+        "InvalidSecurityGroupRuleId.NotFound",
+        "InvalidPermission.NotFound",
+    ];
+    batch_or_each(ids.to_vec(), |batch| async move {
+        let sent = ec2
+            .revoke_security_group_ingress()
             .group_id(group)
-            .set_ip_permissions(Some(perms.clone()))
-            .send(),
-    )
-    .await?;
-    if batch.is_none() && perms.len() > 1 {
-        // One already exists and EC2 refuses the whole batch: go one by one.
-        for p in perms {
-            call_tolerant(
-                "AuthorizeSecurityGroupIngress",
-                DUP,
-                ec2.authorize_security_group_ingress()
-                    .group_id(group)
-                    .ip_permissions(p)
-                    .send(),
-            )
-            .await?;
-        }
-    }
-    Ok(())
+            .set_security_group_rule_ids(Some(batch))
+            .send();
+        Ok(call_tolerant("RevokeSecurityGroupIngress", GONE, sent)
+            .await?
+            .is_some())
+    })
+    .await
+}
+
+async fn authorize(ec2: &Client, group: &str, perms: Vec<IpPermission>) -> Result<(), CloudError> {
+    const DUP: &[&str] = &["InvalidPermission.Duplicate"];
+    batch_or_each(perms, |batch| async move {
+        let sent = ec2
+            .authorize_security_group_ingress()
+            .group_id(group)
+            .set_ip_permissions(Some(batch))
+            .send();
+        Ok(call_tolerant("AuthorizeSecurityGroupIngress", DUP, sent)
+            .await?
+            .is_some())
+    })
+    .await
 }
 
 async fn ensure_group(
