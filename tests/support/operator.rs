@@ -81,14 +81,7 @@ impl Operator {
         aws_url: &str,
         resync: &str,
     ) -> Operator {
-        Self::start_with(
-            tb,
-            namespace,
-            aws_url,
-            resync,
-            vec!["--no-webhook".into()],
-            &[],
-        )
+        Self::start_env_without_webhook(tb, namespace, aws_url, resync, &[])
     }
 
     /// Starts the operator with extra command-line arguments and environment variables.
