@@ -183,6 +183,9 @@ pub struct TargetStatus {
     /// The VM's private addresses.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub private_ips: Vec<String>,
+    /// The VM's public addresses, when it has any (where people connect to).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub public_ips: Vec<String>,
     /// AWS: the instance's network interfaces.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub network_interface_ids: Vec<String>,
