@@ -10,8 +10,9 @@ pub mod policy;
 pub mod request;
 
 pub use policy::{
-    AwsTarget, AzureFirewall, AzureTarget, JitPolicy, JitPolicySpec, JitPolicyStatus, PolicyPort,
-    PriorityBand, PriorityBands, Protocol, Target, TargetCloud,
+    AwsOptions, AwsTarget, AzureFirewall, AzureTarget, BaselineState, JitPolicy, JitPolicySpec,
+    JitPolicyStatus, PolicyPort, PriorityBand, PriorityBands, Protocol, SharedGroupsMode, Target,
+    TargetCloud, TargetRecord,
 };
 pub use request::{
     AccessRequest, AccessRequestSpec, AccessRequestStatus, ConnectionDetails, Phase, PolicyRef,
