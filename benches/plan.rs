@@ -39,7 +39,9 @@ fn policy(azure: bool) -> Policy {
             max_duration: Duration::from_secs(3600),
         }],
         bands: Bands::default(),
+        shared_groups: SharedGroups::default(),
         deleting: false,
+        hold: false,
     }
 }
 
@@ -58,7 +60,6 @@ fn requests(n: usize) -> Vec<Request> {
             }],
             created: Timestamp::from_second(i as i64).unwrap(),
             revoked: false,
-            granted_at: Some(Timestamp::from_second(1_000).unwrap()),
             recorded: vec![Some(PortState::Active)],
         })
         .collect()
@@ -105,14 +106,14 @@ fn main() {
         for (n, m) in [(10, 10), (100, 100), (1000, 800)] {
             let p = policy(azure);
             let rs = requests(n);
-            let d = time(21, || desired(std::slice::from_ref(&p), &rs, now));
-            let want = desired(std::slice::from_ref(&p), &rs, now);
+            let d = time(21, || desired(&p, &rs, now));
+            let want = desired(&p, &rs, now);
             let target = want.targets.values().next().unwrap().clone();
             let observed = Observed {
                 locations: vec!["nsg".into()],
-                owned: vec![],
                 foreign: foreign(m),
-                reserved: vec![],
+                addresses: vec!["10.0.0.4".parse().unwrap()],
+                ..Observed::default()
             };
             let pl = time(21, || plan(&target, &observed, &[]));
             let per = pl.as_secs_f64() / n as f64;

@@ -154,8 +154,7 @@ pub trait Backend: Send + Sync {
     /// Resolves a target: the VM, its interfaces and addresses, and the containers that
     /// guard it (security groups, NSGs). Reads only. A VM that does not exist is
     /// `CloudError::NotFound`.
-    async fn resolve(&self, target: &TargetKey, locator: &Locator)
-    -> Result<Resolved, CloudError>;
+    async fn resolve(&self, target: &TargetKey, locator: &Locator) -> Result<Resolved, CloudError>;
 
     /// Reads the rules that concern the target in the containers `resolved` names, and in
     /// `recorded` (containers the operator's record names: revoked rules' groups, NSGs it

@@ -52,7 +52,8 @@ mod tests {
             .unwrap();
         assert_eq!(guards.len(), 1);
         // Other containers are not held up.
-        let other = tokio::time::timeout(Duration::from_secs(5), locks.lock(vec!["nsg-c".into()])).await;
+        let other =
+            tokio::time::timeout(Duration::from_secs(5), locks.lock(vec!["nsg-c".into()])).await;
         assert!(other.is_ok());
     }
 }

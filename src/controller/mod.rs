@@ -219,10 +219,13 @@ pub async fn run(
                 .combine(|p: &JitPolicy| Some(u64::from(p.metadata.deletion_timestamp.is_some()))),
             PredicateConfig::default(),
         );
-    let request_changes = watcher(requests_api.clone(), watcher::Config::default().any_semantic())
-        .default_backoff()
-        .applied_objects()
-        .predicate_filter(request_inputs, PredicateConfig::default());
+    let request_changes = watcher(
+        requests_api.clone(),
+        watcher::Config::default().any_semantic(),
+    )
+    .default_backoff()
+    .applied_objects()
+    .predicate_filter(request_inputs, PredicateConfig::default());
     let policy_controller = Controller::for_stream(policy_changes, policies.clone())
         .watches_stream(request_changes, |r: AccessRequest| {
             Some(ObjectRef::<JitPolicy>::new(&r.spec.policy_ref.name).within(&r.namespace()?))
@@ -277,7 +280,10 @@ pub async fn run(
 /// The default name of this installation in the clouds: a hash of the cluster's
 /// `kube-system` namespace uid (unique per cluster) and the watched namespace (unique per
 /// namespace-scoped installation).
-pub async fn default_cluster_name(client: &Client, namespace: Option<&str>) -> anyhow::Result<String> {
+pub async fn default_cluster_name(
+    client: &Client,
+    namespace: Option<&str>,
+) -> anyhow::Result<String> {
     let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
     let uid = namespaces
         .get("kube-system")

@@ -63,7 +63,9 @@ async fn converge(policy: &JitPolicy, ctx: &Arc<Context>) -> Result<Action, Erro
         .requests
         .state()
         .into_iter()
-        .filter(|r| r.namespace().as_deref() == Some(ns.as_str()) && r.spec.policy_ref.name == key.name)
+        .filter(|r| {
+            r.namespace().as_deref() == Some(ns.as_str()) && r.spec.policy_ref.name == key.name
+        })
         .collect();
 
     // The targets: those in the spec, and those the operator still has to undo.
@@ -97,7 +99,10 @@ async fn converge(policy: &JitPolicy, ctx: &Arc<Context>) -> Result<Action, Erro
     }
 
     // Requests that name no target of the policy are refused here (no actor sees them).
-    for r in requests.iter().filter(|r| !in_spec.contains(&r.spec.target) && !names.contains(&r.spec.target)) {
+    for r in requests
+        .iter()
+        .filter(|r| !in_spec.contains(&r.spec.target) && !names.contains(&r.spec.target))
+    {
         deny_unknown_target(ctx, policy, r, &names).await?;
     }
 
@@ -124,10 +129,8 @@ async fn converge(policy: &JitPolicy, ctx: &Arc<Context>) -> Result<Action, Erro
         conditions: old.conditions.clone(),
         targets: policy_status::targets(&names, &outcomes),
     };
-    let per_target: BTreeMap<String, Option<&super::target::Outcome>> = names
-        .iter()
-        .map(|n| (n.clone(), outcomes.get(n)))
-        .collect();
+    let per_target: BTreeMap<String, Option<&super::target::Outcome>> =
+        names.iter().map(|n| (n.clone(), outcomes.get(n))).collect();
     policy_status::set_conditions(
         &mut status.conditions,
         policy.metadata.generation,
@@ -139,11 +142,9 @@ async fn converge(policy: &JitPolicy, ctx: &Arc<Context>) -> Result<Action, Erro
     }
 
     if deleting {
-        let done = names.iter().all(|n| {
-            outcomes
-                .get(n)
-                .is_some_and(|o| o.cleaning && o.clean)
-        });
+        let done = names
+            .iter()
+            .all(|n| outcomes.get(n).is_some_and(|o| o.cleaning && o.clean));
         if done {
             info!("policy cleanup done");
             return Ok(Action::await_change());

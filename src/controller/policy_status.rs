@@ -91,7 +91,10 @@ pub fn standing(invalid: Option<&str>, outcomes: &BTreeMap<String, Option<&Outco
         })
         .collect::<Vec<_>>()
         .join("; ");
-    let kinds: Vec<&Trouble> = troubled.iter().filter_map(|(_, o)| o.trouble.as_ref()).collect();
+    let kinds: Vec<&Trouble> = troubled
+        .iter()
+        .filter_map(|(_, o)| o.trouble.as_ref())
+        .collect();
     if kinds.iter().all(|k| **k == Trouble::Transient) {
         return Standing::Progressing(message);
     }
@@ -111,7 +114,11 @@ pub fn standing(invalid: Option<&str>, outcomes: &BTreeMap<String, Option<&Outco
     Standing::Stuck {
         reason,
         message,
-        extra: if partial { Some(extra.unwrap_or(DEGRADED)) } else { extra },
+        extra: if partial {
+            Some(extra.unwrap_or(DEGRADED))
+        } else {
+            extra
+        },
     }
 }
 
@@ -134,7 +141,13 @@ pub fn set_conditions(
     };
     match standing {
         Standing::Ready => {
-            set(c, READY, true, "Converged", "every target matches the policy");
+            set(
+                c,
+                READY,
+                true,
+                "Converged",
+                "every target matches the policy",
+            );
             set(c, RECONCILING, false, "Converged", "");
             set(c, STALLED, false, "Converged", "");
             clear_extras(c, None);

@@ -1,10 +1,10 @@
 //! The operator's signed records of targets, kept in the policy's status.
 //!
-//! Each target's record is written by a field manager of its own
-//! (`portcullis-record-<hash>`), so targets record independently and the policy's other
-//! status fields (field manager `portcullis`) never overwrite a record. A target's actor
-//! keeps the last record it wrote and reads the server (not the cache) when it starts, so a
-//! record is never overwritten from a stale copy.
+//! A record is written with a JSON patch on a fresh read, guarded by the resourceVersion,
+//! so targets record independently and nothing is overwritten from a stale copy; the
+//! policy's other status fields (server-side apply, field manager `portcullis`) never
+//! touch a record. A target's actor keeps the last record it wrote and reads the server
+//! (not the cache) when it starts.
 
 use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
@@ -14,13 +14,7 @@ use super::convert;
 use crate::api::JitPolicy;
 use crate::api::policy::TargetRecord as ApiRecord;
 use crate::domain::record::{self, TargetRecord};
-use crate::domain::stamp::short_hash;
 use crate::domain::{ObjectKey, validate};
-
-/// The field manager that writes the record of `target`.
-pub fn manager(target: &str) -> String {
-    format!("portcullis-record-{}", short_hash(target))
-}
 
 /// What a policy's status says about a target's record.
 #[derive(Clone, Debug, PartialEq)]
@@ -65,7 +59,10 @@ pub fn recorded_targets(policy: &JitPolicy) -> Vec<String> {
         .collect()
 }
 
-/// Writes the record of `target` (signed), or drops it (`None`).
+/// Writes the record of `target` (signed), or drops it (`None`; a target no longer in the
+/// spec loses its whole status entry). A JSON patch on a fresh read, guarded by the
+/// resourceVersion and the entry's name, so a concurrent change is never overwritten: on
+/// a conflict it reads again and retries.
 pub async fn write(
     api: &Api<JitPolicy>,
     key: &[u8],
@@ -74,29 +71,98 @@ pub async fn write(
     record: Option<&TargetRecord>,
 ) -> Result<(), kube::Error> {
     let uid = policy.uid().unwrap_or_default();
-    let status = match record {
-        Some(r) => {
-            let r = r.clone().normalized();
-            let signature = record::sign(key, &uid, &policy_key(policy), &r);
-            json!({"targets": [{"name": target, "record": to_api(&r, signature)}]})
-        }
-        // Applying nothing releases (and so removes) what this manager wrote.
-        None => json!({}),
-    };
-    let patch = json!({
-        "apiVersion": "jit.portcullis.dev/v1alpha1",
-        "kind": "JitPolicy",
-        // The uid makes the write fail on a policy re-created with the same name.
-        "metadata": {"name": policy.name_any(), "uid": uid},
-        "status": status,
+    let value = record.map(|r| {
+        let r = r.clone().normalized();
+        let signature = record::sign(key, &uid, &policy_key(policy), &r);
+        serde_json::to_value(to_api(&r, signature)).expect("a record serializes")
     });
-    api.patch_status(
-        &policy.name_any(),
-        &PatchParams::apply(&manager(target)).force(),
-        &Patch::Apply(&patch),
-    )
-    .await?;
-    Ok(())
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let Some(fresh) = api.get_opt(&policy.name_any()).await? else {
+            return Ok(());
+        };
+        if fresh.uid().as_deref() != Some(uid.as_str()) {
+            // Re-created meanwhile: this record was not for it.
+            return Ok(());
+        }
+        let in_spec = fresh.spec.targets.iter().any(|t| t.name == target);
+        let ops = patch_ops(&fresh, target, value.as_ref(), in_spec);
+        if ops.is_empty() {
+            return Ok(());
+        }
+        let patch: json_patch::Patch =
+            serde_json::from_value(serde_json::Value::Array(ops)).expect("a valid JSON patch");
+        match api
+            .patch_status(
+                &policy.name_any(),
+                &PatchParams::default(),
+                &Patch::<()>::Json(patch),
+            )
+            .await
+        {
+            Ok(_) => return Ok(()),
+            // The object changed between the read and the patch: read again.
+            Err(kube::Error::Api(e)) if (e.code == 409 || e.code == 422) && attempt < 5 => {
+                continue;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// The JSON patch operations that put `value` as the record of `target` (or drop it).
+fn patch_ops(
+    fresh: &JitPolicy,
+    target: &str,
+    value: Option<&serde_json::Value>,
+    in_spec: bool,
+) -> Vec<serde_json::Value> {
+    let rv = fresh.resource_version().unwrap_or_default();
+    let guard = json!({"op": "test", "path": "/metadata/resourceVersion", "value": rv});
+    let targets = fresh.status.as_ref().map(|s| &s.targets);
+    let index = targets.and_then(|t| t.iter().position(|x| x.name == target));
+    match (index, value) {
+        (Some(i), Some(v)) => vec![
+            guard,
+            json!({"op": "test", "path": format!("/status/targets/{i}/name"), "value": target}),
+            json!({"op": "add", "path": format!("/status/targets/{i}/record"), "value": v}),
+        ],
+        (Some(i), None) => {
+            let has_record = targets.is_some_and(|t| t[i].record.is_some());
+            let path = if in_spec {
+                format!("/status/targets/{i}/record")
+            } else {
+                format!("/status/targets/{i}")
+            };
+            if in_spec && !has_record {
+                return Vec::new();
+            }
+            vec![
+                guard,
+                json!({"op": "test", "path": format!("/status/targets/{i}/name"), "value": target}),
+                json!({"op": "remove", "path": path}),
+            ]
+        }
+        (None, Some(v)) => {
+            let entry = json!({"name": target, "record": v});
+            match fresh.status.as_ref() {
+                None => vec![
+                    guard,
+                    json!({"op": "add", "path": "/status", "value": {"targets": [entry]}}),
+                ],
+                Some(s) if s.targets.is_empty() => vec![
+                    guard,
+                    json!({"op": "add", "path": "/status/targets", "value": [entry]}),
+                ],
+                Some(_) => vec![
+                    guard,
+                    json!({"op": "add", "path": "/status/targets/-", "value": entry}),
+                ],
+            }
+        }
+        (None, None) => Vec::new(),
+    }
 }
 
 fn policy_key(policy: &JitPolicy) -> ObjectKey {
@@ -108,7 +174,11 @@ fn from_api(target: &str, r: &ApiRecord) -> TargetRecord {
         target: target.to_string(),
         locator: validate::locator(&r.cloud),
         containers: r.nsg_ids.clone(),
-        revoked: r.revoked_rules.iter().map(convert::revoked_from_api).collect(),
+        revoked: r
+            .revoked_rules
+            .iter()
+            .map(convert::revoked_from_api)
+            .collect(),
     }
 }
 

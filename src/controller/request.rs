@@ -12,9 +12,9 @@ use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 use tracing::{info, instrument};
 
+use super::convert::time;
 use super::kube_ops::{publish, remove_finalizer, write_request_status};
 use super::request_status::{phase_of, refused_ports, request_conditions};
-use super::convert::time;
 use super::{Context, Error};
 use crate::api::{AccessRequest, JitPolicy, Phase};
 use crate::metrics;

@@ -139,10 +139,19 @@ mod tests {
 
     #[test]
     fn a_rule_for_the_governed_port_only_needs_nothing() {
-        assert!(carve_outs(&rule("tcp", Some((22, 22)), "0.0.0.0/0"), &[port(22, Proto::Tcp)]).is_empty());
+        assert!(
+            carve_outs(
+                &rule("tcp", Some((22, 22)), "0.0.0.0/0"),
+                &[port(22, Proto::Tcp)]
+            )
+            .is_empty()
+        );
         // A UDP governed port does not carve a TCP rule.
         assert_eq!(
-            ranges(&carve_outs(&rule("tcp", Some((20, 23)), "0.0.0.0/0"), &[port(22, Proto::Udp)])),
+            ranges(&carve_outs(
+                &rule("tcp", Some((20, 23)), "0.0.0.0/0"),
+                &[port(22, Proto::Udp)]
+            )),
             vec![("tcp".into(), Some((20, 23)))]
         );
     }

@@ -279,7 +279,11 @@ mod tests {
 
     #[test]
     fn a_request_is_granted_from_its_creation() {
-        let d = desired(&policy(), &[request("a", 100, "203.0.113.7/32", 30)], at(110));
+        let d = desired(
+            &policy(),
+            &[request("a", 100, "203.0.113.7/32", 30)],
+            at(110),
+        );
         let t = d.targets.values().next().unwrap();
         assert_eq!(t.baseline, vec![ssh()]);
         assert_eq!(t.grants.len(), 1);
@@ -288,7 +292,11 @@ mod tests {
         assert_eq!(d.requests[&key("a")].ports[0].state, PortState::Active);
         // Seen for the first time after its time ran out (the operator was down): expired,
         // never opened late.
-        let d = desired(&policy(), &[request("a", 100, "203.0.113.7/32", 30)], at(130));
+        let d = desired(
+            &policy(),
+            &[request("a", 100, "203.0.113.7/32", 30)],
+            at(130),
+        );
         assert!(d.targets.values().next().unwrap().grants.is_empty());
         assert_eq!(d.requests[&key("a")].ports[0].state, PortState::Expired);
     }

@@ -289,8 +289,7 @@ impl<'a> Planner<'a> {
                     }),
                     Some(rule) => {
                         self.kept.insert(&rule.cloud_id);
-                        if rule.stamp != grant.stamp() || !same(&rule.destinations, &destinations)
-                        {
+                        if rule.stamp != grant.stamp() || !same(&rule.destinations, &destinations) {
                             self.changes.push(Change::Restamp {
                                 rule: (*rule).clone(),
                                 grant: grant.clone(),
@@ -519,7 +518,12 @@ impl<'a> Planner<'a> {
             for (location, p) in &self.o.reserved {
                 slots.entry(location.as_str()).or_default().take(*p);
             }
-            for r in self.o.owned.iter().filter(|r| self.kept.contains(r.cloud_id.as_str())) {
+            for r in self
+                .o
+                .owned
+                .iter()
+                .filter(|r| self.kept.contains(r.cloud_id.as_str()))
+            {
                 if let Some(p) = r.priority {
                     slots.entry(r.location.as_str()).or_default().take(p);
                 }
@@ -527,8 +531,9 @@ impl<'a> Planner<'a> {
         }
         let puts = std::mem::take(&mut self.puts);
         // Denies first: they are the baseline, grants take what is left.
-        let (denies, grants): (Vec<_>, Vec<_>) =
-            puts.into_iter().partition(|p| matches!(p, Put::Deny { .. }));
+        let (denies, grants): (Vec<_>, Vec<_>) = puts
+            .into_iter()
+            .partition(|p| matches!(p, Put::Deny { .. }));
         for put in denies.into_iter().chain(grants) {
             match put {
                 Put::Deny {
@@ -927,39 +932,44 @@ mod tests {
             prop::sample::subsequence(vec!["i-peer"], 0..=1),
             prop::collection::vec(port_spec(), 0..2),
         )
-            .prop_map(move |(baseline, grants, revoke_shared, peers, peer_ports)| {
-                // desired() gives one grant per rule key; keep that invariant here.
-                let mut seen = BTreeSet::new();
-                let grants = grants.into_iter().filter(|g| seen.insert(g.rule_key())).collect();
-                TargetDesired {
-                    key: TargetKey {
-                        policy: policy_key(),
-                        target: "web".into(),
-                    },
-                    locator: if aws {
-                        Locator::Aws {
-                            region: "eu-west-1".into(),
-                            instance_id: "i-self".into(),
-                        }
-                    } else {
-                        Locator::Azure {
-                            vm_id: "vm".into(),
-                            firewall: None,
-                        }
-                    },
-                    bands: Bands::default(),
-                    baseline,
-                    hold: false,
-                    grants,
-                    peers: peers.into_iter().map(String::from).collect(),
-                    peer_ports,
-                    shared_groups: if revoke_shared {
-                        SharedGroups::Revoke
-                    } else {
-                        SharedGroups::Conflict
-                    },
-                }
-            })
+            .prop_map(
+                move |(baseline, grants, revoke_shared, peers, peer_ports)| {
+                    // desired() gives one grant per rule key; keep that invariant here.
+                    let mut seen = BTreeSet::new();
+                    let grants = grants
+                        .into_iter()
+                        .filter(|g| seen.insert(g.rule_key()))
+                        .collect();
+                    TargetDesired {
+                        key: TargetKey {
+                            policy: policy_key(),
+                            target: "web".into(),
+                        },
+                        locator: if aws {
+                            Locator::Aws {
+                                region: "eu-west-1".into(),
+                                instance_id: "i-self".into(),
+                            }
+                        } else {
+                            Locator::Azure {
+                                vm_id: "vm".into(),
+                                firewall: None,
+                            }
+                        },
+                        bands: Bands::default(),
+                        baseline,
+                        hold: false,
+                        grants,
+                        peers: peers.into_iter().map(String::from).collect(),
+                        peer_ports,
+                        shared_groups: if revoke_shared {
+                            SharedGroups::Revoke
+                        } else {
+                            SharedGroups::Conflict
+                        },
+                    }
+                },
+            )
     }
 
     /// An AWS world: two ENIs with groups sg-1 (on both) and sg-2 (on eni-b), rules in
@@ -1019,7 +1029,11 @@ mod tests {
             prop::sample::subsequence(NSGS.to_vec(), 0..=2),
             prop::collection::vec(owned(vec!["nsg-a", "nsg-b", "nsg-gone"]), 0..8),
             prop::collection::vec(
-                (foreign_spec(vec!["nsg-a", "nsg-b"]), any::<bool>(), 100u16..=4096),
+                (
+                    foreign_spec(vec!["nsg-a", "nsg-b"]),
+                    any::<bool>(),
+                    100u16..=4096,
+                ),
                 0..8,
             ),
             prop::collection::vec(3000u16..=4096, 8),
@@ -1115,9 +1129,15 @@ mod tests {
             }
         }
         for r in after.owned.iter().filter(|r| r.grant().is_some()) {
-            prop_assert!(after.locations.contains(&r.location), "grant left in {}", r.location);
             prop_assert!(
-                t.grants.iter().any(|g| r.grant() == Some(g.rule_key()) && r.stamp == g.stamp()),
+                after.locations.contains(&r.location),
+                "grant left in {}",
+                r.location
+            );
+            prop_assert!(
+                t.grants
+                    .iter()
+                    .any(|g| r.grant() == Some(g.rule_key()) && r.stamp == g.stamp()),
                 "undesired grant {:?}",
                 r
             );
@@ -1127,8 +1147,11 @@ mod tests {
         for f in after.foreign.iter().filter(|f| f.access == Access::Allow) {
             if t.baseline.iter().any(|port| f.spec.covers(*port)) {
                 prop_assert!(
-                    p.blocked.iter().any(|b| b.location == f.spec.container && b.kind == BlockKind::Conflict),
-                    "a governed port stays open through {:?}", f
+                    p.blocked
+                        .iter()
+                        .any(|b| b.location == f.spec.container && b.kind == BlockKind::Conflict),
+                    "a governed port stays open through {:?}",
+                    f
                 );
             }
         }
@@ -1147,7 +1170,10 @@ mod tests {
             }
         }
         // No record of a group that is gone survives.
-        prop_assert!(!rec.iter().any(|s| after.gone_containers.contains(&s.container)));
+        prop_assert!(
+            !rec.iter()
+                .any(|s| after.gone_containers.contains(&s.container))
+        );
         // Carve-outs never open a governed port.
         for r in &after.owned {
             if let OwnedKind::CarveOut(shape) = &r.kind {
@@ -1158,18 +1184,31 @@ mod tests {
                     source: shape.source.clone(),
                     description: None,
                 };
-                prop_assert!(!t.baseline.iter().any(|port| spec.covers(*port)), "carve-out {:?} opens a governed port", shape);
+                prop_assert!(
+                    !t.baseline.iter().any(|port| spec.covers(*port)),
+                    "carve-out {:?} opens a governed port",
+                    shape
+                );
             }
         }
         Ok(())
     }
 
-    fn check_azure(t: &TargetDesired, before: &Observed, p: &Plan, after: &Observed) -> Result<(), TestCaseError> {
+    fn check_azure(
+        t: &TargetDesired,
+        before: &Observed,
+        p: &Plan,
+        after: &Observed,
+    ) -> Result<(), TestCaseError> {
         let bands = t.bands;
         prop_assert_eq!(&after.foreign, &before.foreign, "foreign rules changed");
         for location in &after.locations {
             let mut seen = BTreeSet::new();
-            for f in after.foreign.iter().filter(|f| &f.spec.container == location) {
+            for f in after
+                .foreign
+                .iter()
+                .filter(|f| &f.spec.container == location)
+            {
                 seen.insert(f.priority.unwrap());
             }
             for (l, pr) in &after.reserved {
@@ -1179,7 +1218,12 @@ mod tests {
             }
             for r in after.owned.iter().filter(|r| &r.location == location) {
                 let pr = r.priority.expect("owned Azure rules have priorities");
-                prop_assert!(seen.insert(pr), "priority {} used twice in {}", pr, location);
+                prop_assert!(
+                    seen.insert(pr),
+                    "priority {} used twice in {}",
+                    pr,
+                    location
+                );
                 match &r.kind {
                     // Without a resolved address, existing denies stay as they are (and
                     // the port is reported).
@@ -1194,7 +1238,11 @@ mod tests {
                     OwnedKind::Grant { source, .. } => {
                         prop_assert!(bands.allow.first <= pr && pr <= bands.allow.last);
                         prop_assert!(!r.destinations.is_empty());
-                        prop_assert!(r.destinations.iter().all(|d| Family::of(d) == Family::of_net(source)));
+                        prop_assert!(
+                            r.destinations
+                                .iter()
+                                .all(|d| Family::of(d) == Family::of_net(source))
+                        );
                     }
                     other => prop_assert!(false, "unexpected owned rule {:?}", other),
                 }
@@ -1205,19 +1253,50 @@ mod tests {
                     let n = after
                         .owned
                         .iter()
-                        .filter(|r| &r.location == location && r.kind == OwnedKind::Deny { port: *port, family: *family })
+                        .filter(|r| {
+                            &r.location == location
+                                && r.kind
+                                    == OwnedKind::Deny {
+                                        port: *port,
+                                        family: *family,
+                                    }
+                        })
                         .count();
-                    prop_assert!(n == 1 || (n == 0 && blocked_at(p, location, *port)), "port {} {} in {}: {} denies", port, family, location, n);
+                    prop_assert!(
+                        n == 1 || (n == 0 && blocked_at(p, location, *port)),
+                        "port {} {} in {}: {} denies",
+                        port,
+                        family,
+                        location,
+                        n
+                    );
                 }
             }
             for g in &t.grants {
-                let n = after.owned.iter().filter(|r| &r.location == location && r.grant() == Some(g.rule_key()) && r.stamp == g.stamp()).count();
+                let n = after
+                    .owned
+                    .iter()
+                    .filter(|r| {
+                        &r.location == location
+                            && r.grant() == Some(g.rule_key())
+                            && r.stamp == g.stamp()
+                    })
+                    .count();
                 let has_family = families.contains(&Family::of_net(&g.source));
-                prop_assert!(n == usize::from(has_family) || (n == 0 && blocked_at(p, location, g.port)), "grant {:?}: {} rules", g, n);
+                prop_assert!(
+                    n == usize::from(has_family) || (n == 0 && blocked_at(p, location, g.port)),
+                    "grant {:?}: {} rules",
+                    g,
+                    n
+                );
             }
         }
         for r in &after.owned {
-            prop_assert!(after.locations.contains(&r.location), "owned rule left in {}", r.location);
+            prop_assert!(
+                after.locations.contains(&r.location),
+                "owned rule left in {}",
+                r.location
+            );
         }
         Ok(())
     }
@@ -1368,17 +1447,32 @@ mod tests {
     fn aws_baseline_revokes_records_and_restores() {
         let mut t = aws_target(vec![ssh()]);
         let obs = aws_observed(
-            vec![aws_rule("sgr-22", "tcp", Some((22, 22))), aws_rule("sgr-443", "tcp", Some((443, 443)))],
+            vec![
+                aws_rule("sgr-22", "tcp", Some((22, 22))),
+                aws_rule("sgr-443", "tcp", Some((443, 443))),
+            ],
             &[],
         );
         let p = plan(&t, &obs, &[]);
-        assert_eq!(p.changes, vec![Change::RevokeForeign(aws_rule("sgr-22", "tcp", Some((22, 22))))]);
+        assert_eq!(
+            p.changes,
+            vec![Change::RevokeForeign(aws_rule(
+                "sgr-22",
+                "tcp",
+                Some((22, 22))
+            ))]
+        );
         let (after, rec) = simulate(&t.key.policy, &obs, &[], &p, ids());
         assert_eq!(rec, vec![aws_rule("x", "tcp", Some((22, 22))).spec]);
         // The policy lets go of the port: the recorded rule comes back exactly.
         t.baseline.clear();
         let p = plan(&t, &after, &rec);
-        assert_eq!(p.changes, vec![Change::RestoreForeign(aws_rule("x", "tcp", Some((22, 22))).spec)]);
+        assert_eq!(
+            p.changes,
+            vec![Change::RestoreForeign(
+                aws_rule("x", "tcp", Some((22, 22))).spec
+            )]
+        );
     }
 
     #[test]
@@ -1388,33 +1482,57 @@ mod tests {
         let obs = aws_observed(vec![wide.clone()], &[]);
         let p = plan(&t, &obs, &[]);
         let kinds: Vec<u8> = p.changes.iter().map(Change::order).collect();
-        assert_eq!(kinds, vec![1, 1, 2], "carve-outs first, then the revocation: {:?}", p.changes);
+        assert_eq!(
+            kinds,
+            vec![1, 1, 2],
+            "carve-outs first, then the revocation: {:?}",
+            p.changes
+        );
         let (after, rec) = simulate(&t.key.policy, &obs, &[], &p, ids());
         assert!(plan(&t, &after, &rec).is_empty());
         // Restored: the rule is back before the carve-outs go.
         let lifted = aws_target(vec![]);
         let p = plan(&lifted, &after, &rec);
-        assert_eq!(p.changes.first(), Some(&Change::RestoreForeign(wide.spec.clone())));
-        assert_eq!(p.changes.iter().filter(|c| matches!(c, Change::DeleteOwned(_))).count(), 2);
+        assert_eq!(
+            p.changes.first(),
+            Some(&Change::RestoreForeign(wide.spec.clone()))
+        );
+        assert_eq!(
+            p.changes
+                .iter()
+                .filter(|c| matches!(c, Change::DeleteOwned(_)))
+                .count(),
+            2
+        );
     }
 
     #[test]
     fn aws_groups_shared_outside_the_policy_are_not_revoked_unless_asked() {
         let mut t = aws_target(vec![ssh()]);
         t.peers = BTreeSet::from(["i-peer".to_string()]);
-        let obs = aws_observed(vec![aws_rule("sgr-22", "tcp", Some((22, 22)))], &["i-peer", "i-other"]);
+        let obs = aws_observed(
+            vec![aws_rule("sgr-22", "tcp", Some((22, 22)))],
+            &["i-peer", "i-other"],
+        );
         let p = plan(&t, &obs, &[]);
         assert!(p.changes.is_empty());
         assert_eq!(p.blocked.len(), 1);
         assert_eq!(p.blocked[0].kind, BlockKind::Conflict);
-        assert!(p.blocked[0].reason.contains("i-other"), "{}", p.blocked[0].reason);
+        assert!(
+            p.blocked[0].reason.contains("i-other"),
+            "{}",
+            p.blocked[0].reason
+        );
         assert!(!p.blocked[0].reason.contains("i-peer"));
         // Shared with peers only: revoked.
         let obs = aws_observed(vec![aws_rule("sgr-22", "tcp", Some((22, 22)))], &["i-peer"]);
         assert_eq!(plan(&t, &obs, &[]).changes.len(), 1);
         // Opted in: revoked.
         t.shared_groups = SharedGroups::Revoke;
-        let obs = aws_observed(vec![aws_rule("sgr-22", "tcp", Some((22, 22)))], &["i-other"]);
+        let obs = aws_observed(
+            vec![aws_rule("sgr-22", "tcp", Some((22, 22)))],
+            &["i-other"],
+        );
         assert_eq!(plan(&t, &obs, &[]).changes.len(), 1);
     }
 
@@ -1481,7 +1599,13 @@ mod tests {
             };
             let p = plan(&t, &obs, &[]);
             match p.changes.as_slice() {
-                [Change::PutDeny { priority, destinations, .. }] => {
+                [
+                    Change::PutDeny {
+                        priority,
+                        destinations,
+                        ..
+                    },
+                ] => {
                     assert_eq!(destinations, &vec!["10.0.0.4".parse::<IpAddr>().unwrap()]);
                     Ok(*priority)
                 }
@@ -1491,7 +1615,10 @@ mod tests {
         assert_eq!(deny_at(vec![nsg_rule(300, Some((443, 443)))]), Ok(3901));
         assert_eq!(deny_at(vec![nsg_rule(300, Some((22, 22)))]), Ok(3901));
         assert_eq!(
-            deny_at(vec![nsg_rule(4000, Some((20, 30))), nsg_rule(4001, Some((443, 443)))]),
+            deny_at(vec![
+                nsg_rule(4000, Some((20, 30))),
+                nsg_rule(4001, Some((443, 443)))
+            ]),
             Ok(4002)
         );
         let blocked = deny_at(vec![nsg_rule(4096, None)]).unwrap_err();
@@ -1523,7 +1650,13 @@ mod tests {
             ..none.clone()
         };
         let p = plan(&t, &v4, &[]);
-        assert!(matches!(p.changes.as_slice(), [Change::PutDeny { family: Family::V4, .. }]));
+        assert!(matches!(
+            p.changes.as_slice(),
+            [Change::PutDeny {
+                family: Family::V4,
+                ..
+            }]
+        ));
         assert!(p.blocked[0].reason.contains("no IPv6 address"));
         // Both families: two denies, the grant names the IPv6 address only.
         let both = Observed {
@@ -1534,7 +1667,10 @@ mod tests {
         let (after, _) = simulate(&t.key.policy, &both, &[], &p, ids());
         assert_eq!(after.owned.len(), 3);
         let grant = after.owned.iter().find(|r| r.grant().is_some()).unwrap();
-        assert_eq!(grant.destinations, vec!["fd00::4".parse::<IpAddr>().unwrap()]);
+        assert_eq!(
+            grant.destinations,
+            vec!["fd00::4".parse::<IpAddr>().unwrap()]
+        );
         // The VM's address changes: the rules are rewritten in place.
         let moved = Observed {
             addresses: vec!["10.0.0.9".parse().unwrap(), "fd00::4".parse().unwrap()],
@@ -1542,7 +1678,14 @@ mod tests {
         };
         let p = plan(&t, &moved, &[]);
         assert_eq!(p.changes.len(), 1, "{:?}", p.changes);
-        assert!(matches!(&p.changes[0], Change::PutDeny { replaces: Some(_), family: Family::V4, .. }));
+        assert!(matches!(
+            &p.changes[0],
+            Change::PutDeny {
+                replaces: Some(_),
+                family: Family::V4,
+                ..
+            }
+        ));
     }
 
     #[test]

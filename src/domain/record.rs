@@ -168,7 +168,13 @@ mod tests {
         assert!(verify(&key, "uid-1", &p, &record(), &sig));
         // Another policy object, another policy, another key: refused.
         assert!(!verify(&key, "uid-2", &p, &record(), &sig));
-        assert!(!verify(&key, "uid-1", &ObjectKey::new("ns", "q"), &record(), &sig));
+        assert!(!verify(
+            &key,
+            "uid-1",
+            &ObjectKey::new("ns", "q"),
+            &record(),
+            &sig
+        ));
         assert!(!verify(&b"x".repeat(32), "uid-1", &p, &record(), &sig));
         // A rule that opens 3306 to the world slipped in: refused.
         let mut forged = record();

@@ -180,11 +180,15 @@ async fn azure_baseline_grant_expiry_in_both_nsgs() {
             (Some(3900), Some("22"))
         );
         assert_eq!(d["destinationAddressPrefixes"], json!(["10.1.0.4"]));
-        assert!(
-            d["description"]
-                .as_str()
-                .unwrap()
-                .starts_with(&format!("portcullis owner={}/jit", w.ns))
+        assert_eq!(
+            portcullis::domain::stamp::parse(d["description"].as_str().unwrap()),
+            Some((
+                portcullis::domain::stamp::cluster_id(&w.ns),
+                portcullis::domain::Stamp {
+                    owner: format!("{}/jit", w.ns),
+                    expires_at: None
+                }
+            ))
         );
     }
     let office = w.arm.rule(&w.vm.nic_nsg_id, "allow-ssh-office").unwrap();

@@ -167,14 +167,15 @@ pub async fn eni_groups(ec2: &Client, eni_id: &str) -> Vec<String> {
         .collect()
 }
 
-/// Security groups carrying the Portcullis cluster tag `cluster`.
+/// Security groups carrying the Portcullis cluster tag of installation `cluster` (the
+/// `--cluster-name` it runs with).
 pub async fn owned_groups(ec2: &Client, cluster: &str) -> Vec<String> {
     let out = ec2
         .describe_security_groups()
         .filters(
             Filter::builder()
                 .name("tag:portcullis.dev/cluster")
-                .values(cluster)
+                .values(portcullis::domain::stamp::cluster_id(cluster))
                 .build(),
         )
         .send()

@@ -64,6 +64,9 @@ pub fn foreign_rule(r: &SecurityGroupRule) -> Option<ForeignRule> {
     })
 }
 
+/// The rules of one grant in an owned group: port, source and description.
+type GrantKey = (u16, IpNet, String);
+
 /// The rules of an owned group of installation `cluster`, as owned rules at `location`:
 /// grants (a TCP and a UDP rule with the same port, source and stamp are one `Any`
 /// grant), carve-outs (stamped without expiry), and strays (anything else: they go).
@@ -74,8 +77,7 @@ pub fn owned_rules(cluster: &str, location: &str, rules: &[&SecurityGroupRule]) 
     };
     let mut out = Vec::new();
     // Grant candidates by (port, source, description).
-    let mut grants: BTreeMap<(u16, IpNet, String), Vec<(&SecurityGroupRule, Stamp)>> =
-        BTreeMap::new();
+    let mut grants: BTreeMap<GrantKey, Vec<(&SecurityGroupRule, Stamp)>> = BTreeMap::new();
     for r in rules {
         let id = r.security_group_rule_id().unwrap_or_default().to_string();
         let stamp = r.description().and_then(|d| stamp::parse_own(cluster, d));
@@ -143,7 +145,11 @@ pub fn owned_rules(cluster: &str, location: &str, rules: &[&SecurityGroupRule]) 
                 r.security_group_rule_id() != t.security_group_rule_id()
                     && r.security_group_rule_id() != u.security_group_rule_id()
             }) {
-                let mut dup = grant(Proto::Tcp, vec![r.security_group_rule_id().unwrap_or_default()], s);
+                let mut dup = grant(
+                    Proto::Tcp,
+                    vec![r.security_group_rule_id().unwrap_or_default()],
+                    s,
+                );
                 dup.kind = OwnedKind::Stray;
                 out.push(dup);
             }
@@ -154,7 +160,11 @@ pub fn owned_rules(cluster: &str, location: &str, rules: &[&SecurityGroupRule]) 
                 } else {
                     Proto::Tcp
                 };
-                out.push(grant(protocol, vec![r.security_group_rule_id().unwrap_or_default()], s));
+                out.push(grant(
+                    protocol,
+                    vec![r.security_group_rule_id().unwrap_or_default()],
+                    s,
+                ));
             }
         }
     }

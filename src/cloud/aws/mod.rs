@@ -178,7 +178,10 @@ fn aws_locator(locator: &Locator) -> Result<(&str, &str), CloudError> {
 
 /// The deterministic name of the owned group of an installation for an ENI and target.
 fn owned_group_name(cluster: &str, eni: &str, target: &str) -> String {
-    format!("portcullis-{eni}-{}", short_hash(&format!("{cluster}/{target}")))
+    format!(
+        "portcullis-{eni}-{}",
+        short_hash(&format!("{cluster}/{target}"))
+    )
 }
 
 /// Reads the ingress rules of some groups, all pages.
@@ -429,7 +432,10 @@ impl Backend for AwsBackend {
             }
         }
         for (g, who) in &other_installations {
-            group_users.entry(g.clone()).or_default().insert(who.clone());
+            group_users
+                .entry(g.clone())
+                .or_default()
+                .insert(who.clone());
         }
 
         let mut observed = Observed {
@@ -487,10 +493,7 @@ impl Backend for AwsBackend {
                 .filter(|g| !installation_groups.contains(*g))
                 .cloned()
                 .collect();
-            i.owned_group = owned
-                .iter()
-                .find(|g| g.eni == i.id)
-                .map(|g| g.id.clone());
+            i.owned_group = owned.iter().find(|g| g.eni == i.id).map(|g| g.id.clone());
         }
         let housekeeping = owned.iter().any(|g| {
             let empty = !rules.iter().any(|r| r.group_id() == Some(g.id.as_str()));
@@ -983,7 +986,8 @@ async fn ensure_group(
             message: format!("group {name} exists but cannot be found yet"),
         });
     };
-    let mine = ours(g, cluster) && tag(g, TAG_TARGET) == Some(target) && tag(g, TAG_ENI) == Some(eni);
+    let mine =
+        ours(g, cluster) && tag(g, TAG_TARGET) == Some(target) && tag(g, TAG_ENI) == Some(eni);
     if !mine {
         return Err(CloudError::InUse {
             op: "CreateSecurityGroup",

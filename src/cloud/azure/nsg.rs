@@ -23,8 +23,8 @@ use crate::cloud::{
 };
 use crate::domain::stamp::{self, short_hash};
 use crate::domain::{
-    Access, Change, Family, ForeignRule, ForeignRuleSpec, ForeignSource, Grant, Locator,
-    Observed, OwnedKind, OwnedRule, Plan, PortSpec, Proto, Stamp, TargetKey,
+    Access, Change, Family, ForeignRule, ForeignRuleSpec, ForeignSource, Grant, Locator, Observed,
+    OwnedKind, OwnedRule, Plan, PortSpec, Proto, Stamp, TargetKey,
 };
 
 /// The Microsoft.Network API version used.
@@ -193,13 +193,19 @@ impl AzureNsgBackend {
             if !mine {
                 return priority.map(Seen::Reserved);
             }
-            return Some(Seen::Mine(self.owned_rule(nsg, name, props, access, &protocol, priority)));
+            return Some(Seen::Mine(
+                self.owned_rule(nsg, name, props, access, &protocol, priority),
+            ));
         }
         let ranges = one_or_many(props, "destinationPortRange", "destinationPortRanges");
         let sources = one_or_many(props, "sourceAddressPrefix", "sourceAddressPrefixes");
         let description = str_at(props, &["description"]).map(str::to_string);
         let mut out = Vec::new();
-        for source in if sources.is_empty() { vec!["*".to_string()] } else { sources } {
+        for source in if sources.is_empty() {
+            vec!["*".to_string()]
+        } else {
+            sources
+        } {
             let source = if source.parse::<IpNet>().is_ok() {
                 ForeignSource::Cidr(source)
             } else {
@@ -233,7 +239,8 @@ impl AzureNsgBackend {
         protocol: &str,
         priority: Option<u16>,
     ) -> OwnedRule {
-        let stamp = str_at(props, &["description"]).and_then(|d| stamp::parse_own(&self.cluster, d));
+        let stamp =
+            str_at(props, &["description"]).and_then(|d| stamp::parse_own(&self.cluster, d));
         let single = str_at(props, &["destinationPortRange"])
             .and_then(port_range)
             .flatten()
@@ -244,11 +251,14 @@ impl AzureNsgBackend {
             "Udp" => Proto::Udp,
             _ => Proto::Any,
         };
-        let destinations: Vec<Option<IpAddr>> =
-            one_or_many(props, "destinationAddressPrefix", "destinationAddressPrefixes")
-                .iter()
-                .map(|d| address(d))
-                .collect();
+        let destinations: Vec<Option<IpAddr>> = one_or_many(
+            props,
+            "destinationAddressPrefix",
+            "destinationAddressPrefixes",
+        )
+        .iter()
+        .map(|d| address(d))
+        .collect();
         let all_addresses = destinations.iter().all(Option::is_some) && !destinations.is_empty();
         let destinations: Vec<IpAddr> = destinations.into_iter().flatten().collect();
         let families: BTreeSet<Family> = destinations.iter().map(Family::of).collect();
@@ -258,9 +268,14 @@ impl AzureNsgBackend {
             (Access::Allow, Some(port), Some(s)) if s.expires_at.is_some() && one_family => {
                 match sources.as_slice() {
                     [one] => match one.parse::<IpNet>() {
-                        Ok(source) if Family::of_net(&source) == *families.first().expect("one") => {
+                        Ok(source)
+                            if Family::of_net(&source) == *families.first().expect("one") =>
+                        {
                             OwnedKind::Grant {
-                                port: PortSpec { port, protocol: proto },
+                                port: PortSpec {
+                                    port,
+                                    protocol: proto,
+                                },
                                 source,
                             }
                         }
@@ -273,7 +288,10 @@ impl AzureNsgBackend {
                 if s.expires_at.is_none() && one_family && sources == ["*"] =>
             {
                 OwnedKind::Deny {
-                    port: PortSpec { port, protocol: proto },
+                    port: PortSpec {
+                        port,
+                        protocol: proto,
+                    },
                     family: *families.first().expect("one"),
                 }
             }
@@ -442,7 +460,12 @@ impl Backend for AzureNsgBackend {
         let mut public_ip_ids = Vec::new();
         for nic_id in &nic_ids {
             let nic = self
-                .get_required("GetNetworkInterface", nic_id, NETWORK_API, "network interface")
+                .get_required(
+                    "GetNetworkInterface",
+                    nic_id,
+                    NETWORK_API,
+                    "network interface",
+                )
                 .await?;
             if let Some(nsg) = str_at(&nic, &["properties", "networkSecurityGroup", "id"]) {
                 nsgs.push(nsg.to_string());
@@ -480,10 +503,11 @@ impl Backend for AzureNsgBackend {
         }
         let mut public_ips = Vec::new();
         for id in dedup(public_ip_ids) {
-            if let Some(pip) = self.arm.get("GetPublicIPAddress", &id, NETWORK_API).await? {
-                if let Some(ip) = str_at(&pip.body, &["properties", "ipAddress"]) {
-                    public_ips.push(ip.to_string());
-                }
+            let pip = self.arm.get("GetPublicIPAddress", &id, NETWORK_API).await?;
+            if let Some(ip) =
+                pip.and_then(|p| str_at(&p.body, &["properties", "ipAddress"]).map(str::to_string))
+            {
+                public_ips.push(ip);
             }
         }
         let firewall_id = match locator {
@@ -522,17 +546,30 @@ impl Backend for AzureNsgBackend {
         };
         for nsg in &resolved.nsg_ids {
             let body = self
-                .get_required("GetNetworkSecurityGroup", nsg, NETWORK_API, "network security group")
+                .get_required(
+                    "GetNetworkSecurityGroup",
+                    nsg,
+                    NETWORK_API,
+                    "network security group",
+                )
                 .await?;
             self.read_nsg(nsg, &tag, &body, &mut observed);
         }
         // NSGs the operator wrote to before (the VM moved, or is gone): its rules there
         // are found and removed.
         for nsg in dedup(recorded.iter().cloned()) {
-            if resolved.nsg_ids.iter().any(|n| n.eq_ignore_ascii_case(&nsg)) {
+            if resolved
+                .nsg_ids
+                .iter()
+                .any(|n| n.eq_ignore_ascii_case(&nsg))
+            {
                 continue;
             }
-            match self.arm.get("GetNetworkSecurityGroup", &nsg, NETWORK_API).await? {
+            match self
+                .arm
+                .get("GetNetworkSecurityGroup", &nsg, NETWORK_API)
+                .await?
+            {
                 Some(r) => self.read_nsg(&nsg, &tag, &r.body, &mut observed),
                 None => {
                     observed.gone_containers.insert(nsg);
@@ -606,8 +643,14 @@ impl AzureNsgBackend {
                     destinations,
                 } => {
                     let priority = rule.priority.unwrap_or_default();
-                    self.put_grant(&rule.location, &rule.cloud_id, grant, priority, destinations)
-                        .await
+                    self.put_grant(
+                        &rule.location,
+                        &rule.cloud_id,
+                        grant,
+                        priority,
+                        destinations,
+                    )
+                    .await
                 }
                 Change::PutDeny {
                     location,
@@ -621,8 +664,16 @@ impl AzureNsgBackend {
                         .as_ref()
                         .map(|r| r.cloud_id.clone())
                         .unwrap_or_else(|| self.deny_name(target, *port, *family));
-                    let description = stamp::format(&self.cluster, &Stamp::baseline(&target.policy));
-                    match self.rule_body(Access::Deny, *port, None, destinations, *priority, description) {
+                    let description =
+                        stamp::format(&self.cluster, &Stamp::baseline(&target.policy));
+                    match self.rule_body(
+                        Access::Deny,
+                        *port,
+                        None,
+                        destinations,
+                        *priority,
+                        description,
+                    ) {
                         Ok(body) => self.put_rule(location, &name, &body).await,
                         Err(e) => Err(e),
                     }

@@ -127,8 +127,14 @@ impl Runner {
                 actors.insert(key.clone(), actor);
                 let span = info_span!("target", target = %key);
                 tokio::spawn(
-                    live(ctx.clone(), key.clone(), notify, triggered, self.permits.clone())
-                        .instrument(span),
+                    live(
+                        ctx.clone(),
+                        key.clone(),
+                        notify,
+                        triggered,
+                        self.permits.clone(),
+                    )
+                    .instrument(span),
                 );
             }
         }
@@ -185,12 +191,19 @@ async fn live(
     loop {
         triggered.store(false, Ordering::SeqCst);
         let result = {
-            let _permit = permits.acquire().await.expect("the semaphore is never closed");
+            let _permit = permits
+                .acquire()
+                .await
+                .expect("the semaphore is never closed");
             run::run(&ctx, &key, &mut memory).await
         };
         let next = match result {
             Ok((outcome, next)) => {
-                failures = if outcome.trouble.is_some() { failures + 1 } else { 0 };
+                failures = if outcome.trouble.is_some() {
+                    failures + 1
+                } else {
+                    0
+                };
                 publish(&ctx, &key, Some(outcome));
                 match (next, failures) {
                     (Next::At(at), 0) => Next::At(at),

@@ -25,8 +25,7 @@ use crate::controller::{Context, Error, FINALIZER, convert, records};
 use crate::domain::carve::lost_protocols;
 use crate::domain::record::TargetRecord;
 use crate::domain::{
-    BlockKind, Change, Locator, ObjectKey, Plan, PortSpec, TargetKey, plan, requester,
-    validate,
+    BlockKind, Change, Locator, ObjectKey, Plan, PortSpec, TargetKey, plan, requester, validate,
 };
 use crate::metrics;
 
@@ -63,7 +62,10 @@ pub(super) async fn run(
             Err(e) => e.category(),
         },
     );
-    debug!(elapsed_ms = started.elapsed().as_millis() as u64, "target run done");
+    debug!(
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "target run done"
+    );
     result
 }
 
@@ -85,12 +87,15 @@ async fn run_steps(
     let gathered = gather_requests(ctx, key, &input);
     let inputs: Vec<RequestInput> = gathered.iter().map(|g| g.input.clone()).collect();
 
-    let Some(decision) = decide::decide(&input, &key.target, &inputs, record.as_ref(), now)
-    else {
+    let Some(decision) = decide::decide(&input, &key.target, &inputs, record.as_ref(), now) else {
         return Ok((Outcome::gone(), Next::Retire));
     };
     let locator = decision.desired.locator.clone();
-    let resync = Instant::now() + ctx.settings.resync.mul_f64(0.9 + 0.1 * rand::random::<f64>());
+    let resync = Instant::now()
+        + ctx
+            .settings
+            .resync
+            .mul_f64(0.9 + 0.1 * rand::random::<f64>());
     let next_expiry = decision.next_expiry.map(|at| {
         // Wake just after the instant: desired() treats `expires_at - lead <= now` as over.
         let until = Duration::try_from(at.duration_since(ctx.now())).unwrap_or(Duration::ZERO);
@@ -131,7 +136,10 @@ async fn run_steps(
     };
 
     // Writes to one NSG are coordinated across every target and policy that shares it.
-    let _guards = ctx.locks.lock(lock_ids(&locator, &resolved, record.as_ref())).await;
+    let _guards = ctx
+        .locks
+        .lock(lock_ids(&locator, &resolved, record.as_ref()))
+        .await;
     let containers = recorded_containers(&locator, record.as_ref());
     let obs = match backend.observe(key, &locator, &resolved, &containers).await {
         Ok(o) => o,
@@ -142,7 +150,10 @@ async fn run_steps(
             return Ok((outcome, next));
         }
     };
-    let revoked = record.as_ref().map(|r| r.revoked.clone()).unwrap_or_default();
+    let revoked = record
+        .as_ref()
+        .map(|r| r.revoked.clone())
+        .unwrap_or_default();
     let mut plan = plan(&decision.desired, &obs.observed, &revoked);
     let held_back = hold_back_unfinalized(ctx, &mut plan, &gathered).await;
 
@@ -150,7 +161,10 @@ async fn run_steps(
     let mut drift = 0;
     let verified = if plan.changes.iter().any(Change::writes)
         || obs.housekeeping
-        || plan.changes.iter().any(|c| matches!(c, Change::Unrecord(_) | Change::Forget(_)))
+        || plan
+            .changes
+            .iter()
+            .any(|c| matches!(c, Change::Unrecord(_) | Change::Forget(_)))
     {
         // Record first: a crash after the cloud call must not lose what to undo.
         let before = record.clone();
@@ -174,7 +188,8 @@ async fn run_steps(
             }
         };
         if let Some(after) = &after {
-            let left = after_apply_record(&recorded, key, &locator, &plan, after, failure.is_none());
+            let left =
+                after_apply_record(&recorded, key, &locator, &plan, after, failure.is_none());
             forget_events(ctx, &policy, key, &plan).await;
             if left != recorded {
                 records::write(&api, &ctx.stamp_key, &policy, &key.target, Some(&left)).await?;
@@ -194,9 +209,13 @@ async fn run_steps(
     let report = Report {
         converged: failure.is_none()
             && verified.as_ref().is_some_and(|v| !v.housekeeping)
-            && again.as_ref().is_some_and(|p| p.is_empty() && p.blocked.is_empty()),
+            && again
+                .as_ref()
+                .is_some_and(|p| p.is_empty() && p.blocked.is_empty()),
         blocked: again.map(|p| p.blocked).unwrap_or_default(),
-        error: failure.as_ref().map(|e| format!("target {}: {e}", key.target)),
+        error: failure
+            .as_ref()
+            .map(|e| format!("target {}: {e}", key.target)),
         trouble: failure.as_ref().map(Trouble::of),
         drift,
         verified,
@@ -231,7 +250,9 @@ async fn run_steps(
     }
     let next = match next {
         // Not there yet: look again soon (backoff applies on failures).
-        Next::At(at) if !report.converged => Next::At(at.min(Instant::now() + Duration::from_secs(2))),
+        Next::At(at) if !report.converged => {
+            Next::At(at.min(Instant::now() + Duration::from_secs(2)))
+        }
         n => n,
     };
     Ok((outcome(mem, &decision, report), next))
@@ -340,18 +361,22 @@ fn gather_requests(ctx: &Context, key: &TargetKey, input: &PolicyInput) -> Vec<G
                 .as_ref()
                 .map(|t| t.0)
                 .unwrap_or(now);
-            let stamp = r.annotations().get(requester::ANNOTATION).map(String::as_str);
+            let stamp = r
+                .annotations()
+                .get(requester::ANNOTATION)
+                .map(String::as_str);
             let who = requester::verify(&ctx.stamp_key, &key.policy.namespace, stamp, &r.spec);
             let deleting = r.metadata.deletion_timestamp.is_some();
-            let parsed = decide::parse_request(input, rkey.clone(), &r.spec, created, deleting, recorded)
-                .and_then(|p| match &who {
-                    Ok(_) => Ok(p),
-                    // Nothing opens for someone we cannot name.
-                    Err(message) => Err(vec![validate::FieldError {
-                        field: format!("metadata.annotations[{}]", requester::ANNOTATION),
-                        message: message.clone(),
-                    }]),
-                });
+            let parsed =
+                decide::parse_request(input, rkey.clone(), &r.spec, created, deleting, recorded)
+                    .and_then(|p| match &who {
+                        Ok(_) => Ok(p),
+                        // Nothing opens for someone we cannot name.
+                        Err(message) => Err(vec![validate::FieldError {
+                            field: format!("metadata.annotations[{}]", requester::ANNOTATION),
+                            message: message.clone(),
+                        }]),
+                    });
             Gathered {
                 object: r,
                 input: RequestInput { key: rkey, parsed },
@@ -485,7 +510,9 @@ fn plan_again(decision: &Decision, after: &Observation, record: Option<&TargetRe
 /// Events for what the baseline revokes that opens more than the governed ports.
 async fn announce_revocations(ctx: &Context, policy: &JitPolicy, key: &TargetKey, plan: &Plan) {
     for c in &plan.changes {
-        let Change::RevokeForeign(r) = c else { continue };
+        let Change::RevokeForeign(r) = c else {
+            continue;
+        };
         if lost_protocols(&r.spec) {
             publish(
                 ctx,
@@ -535,7 +562,14 @@ fn count_drift(mem: &Memory, plan: &Plan) -> i64 {
         })
         .count() as i64;
     if n > 0 {
-        metrics::drift(if mem.baseline_enforced_before { "baseline" } else { "grant" }, n as u64);
+        metrics::drift(
+            if mem.baseline_enforced_before {
+                "baseline"
+            } else {
+                "grant"
+            },
+            n as u64,
+        );
         warn!(drift = n, "correcting drift");
     }
     n
@@ -591,7 +625,11 @@ fn outcome(mem: &mut Memory, decision: &Decision, report: Report) -> Outcome {
     let trouble = report.trouble.clone().or_else(|| {
         if conflict {
             Some(Trouble::Conflict)
-        } else if report.blocked.iter().any(|b| b.kind == BlockKind::Unsupported) {
+        } else if report
+            .blocked
+            .iter()
+            .any(|b| b.kind == BlockKind::Unsupported)
+        {
             Some(Trouble::Unsupported)
         } else {
             None
@@ -626,4 +664,3 @@ impl Outcome {
         }
     }
 }
-

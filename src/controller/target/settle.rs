@@ -75,7 +75,9 @@ pub async fn settle(
                     announce(ctx, req, last, &s).await;
                     mem.written.insert(g.input.key.clone(), s.clone());
                 }
-                Err(e) => tracing::warn!(request = %g.input.key, error = %e, "cannot write the request's status"),
+                Err(e) => {
+                    tracing::warn!(request = %g.input.key, error = %e, "cannot write the request's status")
+                }
             }
         }
         // A deleted request lets go once nothing of it is open.
@@ -196,7 +198,10 @@ fn message(
     match phase_of(ports) {
         Phase::Active => format!(
             "open until {}",
-            outcome.expires_at().map(|t| t.to_string()).unwrap_or_default()
+            outcome
+                .expires_at()
+                .map(|t| t.to_string())
+                .unwrap_or_default()
         ),
         Phase::Pending => match (&decision.held, found.trouble) {
             (Some(why), _) => format!(
