@@ -8,6 +8,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use super::output::Palette;
 
+/// The spinner's frames (the last one is shown when it stops).
+pub const SPINNER: &str = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏✓";
+
 /// Reports a wait as it goes.
 pub struct Progress {
     bar: ProgressBar,
@@ -25,7 +28,8 @@ impl Progress {
         let palette = Palette::stderr();
         if !bar.is_hidden() {
             let style = ProgressStyle::with_template("{spinner} {msg} {elapsed}")
-                .unwrap_or_else(|_| ProgressStyle::default_spinner());
+                .unwrap_or_else(|_| ProgressStyle::default_spinner())
+                .tick_chars(SPINNER);
             bar.set_style(style);
             bar.set_message(format!("waiting for {what}"));
             bar.enable_steady_tick(Duration::from_millis(100));

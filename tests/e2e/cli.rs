@@ -8,6 +8,7 @@ use k8s_openapi::api::rbac::v1::{ClusterRole, Role, RoleBinding};
 use kube::ResourceExt;
 use kube::api::{Api, ListParams, PostParams};
 use portcullis::api::{AccessRequest, JitPolicy, Phase};
+use portcullis::cli::progress::SPINNER;
 
 use crate::aws::{MINUTE, World};
 use crate::support::ec2_proxy::Faults;
@@ -419,7 +420,8 @@ async fn cli_progress_line_on_a_terminal_plain_in_a_pipe() {
     grant_rbac(&w.ns).await;
     let tb = Testbed::shared();
     let ns = w.ns.clone();
-    let spinner = ['⠁', '⠂', '⠄', '⡀', '⢀', '⠠', '⠐', '⠈'];
+    // The frames but the last, which only a finished spinner shows.
+    let spinner: Vec<char> = SPINNER.chars().rev().skip(1).collect();
 
     // On a terminal: a spinner redrawn in place, phase changes, colours.
     let mut cmd = command(tb, ALICE, &ns, &request_args("203.0.113.21/32", "15m"));
