@@ -307,9 +307,9 @@ async fn cli_request_ls_revoke_and_policies_as_alice_and_bob() {
 }
 
 #[tokio::test]
-async fn cli_local_validation_sends_nothing() {
-    // No operator and no webhook here: whatever the plugin sent, the API server would
-    // store, so an empty namespace shows that nothing was sent.
+async fn cli_local_validation_sends_nothing_timeout_and_denial() {
+    // No operator and no webhook here (until the end): whatever the plugin sent, the API
+    // server would store, so an empty namespace shows that nothing was sent.
     let tb = Testbed::shared();
     tb.install_crds().expect("CRDs install");
     let client = tb.client(ADMIN).await;
@@ -392,23 +392,50 @@ async fn cli_local_validation_sends_nothing() {
 
     // The control: a fitting request is sent, and stored, here.
     let mut args = request_args("203.0.113.7/32", "15m");
-    args.push("--no-wait");
+    args.extend(["--no-wait", "--name", "filed"]);
     let ok = jit(ALICE, &ns, &args).await;
     assert_eq!(ok.code, Some(0), "{ok}");
-    assert_eq!(
-        requests
-            .list(&ListParams::default())
-            .await
-            .unwrap()
-            .items
-            .len(),
-        1
-    );
+    assert!(ok.stdout.contains("accessrequest/filed filed"), "{ok}");
+    assert!(requests.get_opt("filed").await.unwrap().is_some());
     assert!(
         tb.audit_events(ALICE, &ns)
             .iter()
             .any(|e| e["verb"] == "create" && e["objectRef"]["resource"] == "accessrequests"),
         "the audit log misses the create"
+    );
+
+    // No operator answers here: the wait times out, exit 1, saying where the request is.
+    let mut args = request_args("203.0.113.8/32", "15m");
+    args.extend(["--timeout", "3s", "--name", "unanswered"]);
+    let late = jit(ALICE, &ns, &args).await;
+    assert_eq!(late.code, Some(1), "{late}");
+    assert!(
+        late.stderr
+            .contains("timed out after 3s waiting for unanswered, which is Pending"),
+        "{late}"
+    );
+
+    // An operator without its webhook denies the unstamped request: the plugin prints the
+    // operator's message and exits 1.
+    let ec2 = crate::support::aws::client(&tb.moto_url);
+    let vm = crate::support::aws::instance(&ec2).await;
+    let spec = serde_json::json!({"spec": {"targets": [{"name": "web", "aws": {"region": crate::support::aws::REGION, "instanceId": vm.instance_id}}]}});
+    Api::<JitPolicy>::namespaced(client.clone(), &ns)
+        .patch(
+            "jit",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&spec),
+        )
+        .await
+        .unwrap();
+    let _operator =
+        crate::support::operator::Operator::start_without_webhook(tb, &ns, &tb.moto_url, "2s");
+    let denied = jit(ALICE, &ns, &request_args("203.0.113.9/32", "15m")).await;
+    assert_eq!(denied.code, Some(1), "{denied}");
+    assert!(
+        denied.stderr.contains("is Denied: ")
+            && denied.stderr.contains("jit.portcullis.dev/requester"),
+        "{denied}"
     );
 }
 
