@@ -203,6 +203,32 @@ mod tests {
     }
 
     #[test]
+    fn the_krew_manifest_installs_this_binary_for_every_platform() {
+        let text = include_str!("../../plugins/jit.yaml");
+        let m: serde_json::Value = serde_saphyr::from_str(text).unwrap();
+        assert_eq!(m["kind"], "Plugin");
+        assert_eq!(m["metadata"]["name"], "jit");
+        let platforms = m["spec"]["platforms"].as_array().unwrap();
+        let mut seen = Vec::new();
+        for p in platforms {
+            assert_eq!(p["bin"], Cli::command().get_name());
+            let (os, arch) = (
+                p["selector"]["matchLabels"]["os"].as_str().unwrap(),
+                p["selector"]["matchLabels"]["arch"].as_str().unwrap(),
+            );
+            let archive = format!("kubectl-jit-{os}-{arch}.tar.gz");
+            assert!(p["uri"].as_str().unwrap().ends_with(&archive), "{p}");
+            let sha = format!("${{SHA256_{}_{}}}", os.to_uppercase(), arch.to_uppercase());
+            assert_eq!(p["sha256"], sha.as_str());
+            seen.push(format!("{os}/{arch}"));
+        }
+        assert_eq!(
+            seen,
+            ["linux/amd64", "linux/arm64", "darwin/amd64", "darwin/arm64"]
+        );
+    }
+
+    #[test]
     fn usage_errors_exit_2_and_failures_exit_1() {
         assert_eq!(Error::Usage("x".into()).exit_code(), 2);
         assert_eq!(Error::Failed("x".into()).exit_code(), 1);

@@ -230,6 +230,27 @@ async fn cli_request_ls_revoke_and_policies_as_alice_and_bob() {
     assert_eq!(bob_sees.code, Some(0), "{bob_sees}");
     let line = row(&bob_sees.stdout, "jit").unwrap_or_else(|| panic!("{bob_sees}"));
     assert!(line.contains(" no "), "{line}");
+    // The same through kubectl itself, which finds the plugin on PATH (it looks a plugin
+    // up by the words before the first flag; the plugin reads $KUBECONFIG as kubectl does).
+    let plugin_dir = crate::support::kubectl_jit::binary()
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let path = format!(
+        "{}:{}",
+        plugin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let tb = Testbed::shared();
+    let via_kubectl = crate::support::testbed::run(
+        std::process::Command::new(&tb.bins.kubectl)
+            .args(["jit", "policies", "-n", ns])
+            .env("KUBECONFIG", tb.kubeconfig(ALICE))
+            .env("PATH", path),
+    )
+    .expect("kubectl jit policies");
+    let line = row(&via_kubectl, "jit").unwrap_or_else(|| panic!("{via_kubectl}"));
+    assert!(line.contains(" yes "), "{line}");
     for (user, may) in [(ALICE, true), (BOB, false)] {
         let run = jit(user, ns, &["policies", "-o", "json"]).await;
         let v: serde_json::Value =
