@@ -88,9 +88,6 @@ pub async fn run(global: &Global, args: LsArgs) -> Result<(), Error> {
             .unwrap_or(i64::MAX);
         (rank(r), expires, r.namespace(), r.name_any())
     });
-    if global.output != Format::Text {
-        return output::print(global.output, &output::list(&items));
-    }
     if let Identity::Unknown(why) = &me {
         let scope = if args.all_namespaces {
             "every namespace".to_string()
@@ -98,6 +95,9 @@ pub async fn run(global: &Global, args: LsArgs) -> Result<(), Error> {
             format!("namespace {}", session.namespace)
         };
         eprintln!("could not learn who you are ({why}); showing every request in {scope}");
+    }
+    if global.output != Format::Text {
+        return output::print(global.output, &output::list(&items));
     }
     if items.is_empty() {
         let scope = if args.all_namespaces {
