@@ -16,6 +16,7 @@ pub mod progress;
 pub mod request;
 pub mod revoke;
 pub mod source;
+pub mod summary;
 pub mod wait;
 pub mod whoami;
 
