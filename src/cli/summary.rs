@@ -58,13 +58,12 @@ pub fn active(
         .iter()
         .map(|p| format!("{}{}", p.port, protocol(p)))
         .collect();
-    let sources: Vec<&str> = r
+    let mut sources: Vec<&str> = r
         .spec
         .ports
         .iter()
         .map(|p| p.source_prefix.as_str())
         .collect();
-    let mut sources = sources.clone();
     sources.dedup();
     out += &format!(
         "  ports    {} from {}\n",
