@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod certs;
+pub mod cli;
 pub mod cloud;
 pub mod controller;
 pub mod domain;

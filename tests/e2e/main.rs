@@ -7,5 +7,6 @@ mod support;
 
 mod aws;
 mod azure;
+mod cli;
 mod crd_schema;
 mod identity;

@@ -6,7 +6,9 @@
 pub mod arm;
 pub mod aws;
 pub mod ec2_proxy;
+pub mod ip_echo;
 pub mod kube_helpers;
+pub mod kubectl_jit;
 pub mod operator;
 pub mod process;
 pub mod testbed;

@@ -45,6 +45,21 @@ pub const BOB: User = User {
 /// Every user of the test bed.
 pub const USERS: [User; 3] = [ADMIN, ALICE, BOB];
 
+/// The API server's audit log, in the test bed's directory.
+const AUDIT_LOG: &str = "audit.log";
+
+/// Audits the ordinary users' calls (tests check which calls a client made) and nothing
+/// else, so the operator's traffic costs nothing.
+const AUDIT_POLICY: &str = "\
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+  - level: Metadata
+    users: [alice, bob]
+  - level: None
+";
+
 /// Where the test bed's binaries are.
 #[derive(Clone, Debug)]
 pub struct Binaries {
@@ -233,6 +248,7 @@ impl Testbed {
             })
             .collect();
         let tokens = write("tokens.csv", &tokens)?;
+        let audit_policy = write("audit-policy.yaml", AUDIT_POLICY)?;
 
         let port = free_port();
         let log = self.spawn(
@@ -252,6 +268,9 @@ impl Testbed {
                 "--service-account-issuer=https://kubernetes.default.svc",
                 "--authorization-mode=RBAC",
                 "--service-cluster-ip-range=10.96.0.0/24",
+                &format!("--audit-policy-file={}", audit_policy.display()),
+                &format!("--audit-log-path={}", self.dir.join(AUDIT_LOG).display()),
+                "--audit-log-mode=blocking",
                 "--v=1",
             ]),
         )?;
@@ -287,6 +306,21 @@ impl Testbed {
             "kube-apiserver not ready within {timeout:?} (last answer: {last}); its log ends with:\n{}",
             log_tail(log, 30)
         ))
+    }
+
+    /// What the API server's audit log says `user` did in `namespace`: one JSON object
+    /// per call (`verb`, `objectRef`, `requestURI`, `responseStatus`, …). The log is
+    /// written before each response is sent (`--audit-log-mode=blocking`), so a call a
+    /// client has finished is in it.
+    pub fn audit_events(&self, user: User, namespace: &str) -> Vec<serde_json::Value> {
+        let text = std::fs::read_to_string(self.dir.join(AUDIT_LOG)).unwrap_or_default();
+        text.lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|e| {
+                e.pointer("/user/username").and_then(|v| v.as_str()) == Some(user.name)
+                    && e.pointer("/objectRef/namespace").and_then(|v| v.as_str()) == Some(namespace)
+            })
+            .collect()
     }
 
     /// The kubeconfig file for `user`.
