@@ -271,7 +271,8 @@ pub struct TargetRecord {
     /// AWS: the ingress rules the baseline revoked, recorded exactly so they can be restored.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub revoked_rules: Vec<RevokedRule>,
-    /// HMAC-SHA256 over the policy's uid, the target and everything above, base64url.
+    /// HMAC-SHA256 over the policy's uid, the target, where it lives and `nsgIds`,
+    /// base64url (each revoked rule carries its own).
     pub signature: String,
 }
 
@@ -304,4 +305,8 @@ pub struct RevokedRule {
     /// The rule's description.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    /// The operator's signature over this entry (HMAC-SHA256, base64url): an entry
+    /// without a good one is ignored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
 }

@@ -107,6 +107,7 @@ pub fn revoked_to_api(s: &ForeignRuleSpec) -> RevokedRule {
         referenced_group_id: group,
         prefix_list_id: prefix,
         description: s.description.clone(),
+        signature: None,
     }
 }
 

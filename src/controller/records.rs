@@ -13,16 +13,16 @@ use serde_json::json;
 use super::convert;
 use crate::api::JitPolicy;
 use crate::api::policy::TargetRecord as ApiRecord;
-use crate::domain::record::{self, TargetRecord};
-use crate::domain::{ObjectKey, validate};
+use crate::domain::record::{self, Signatures, TargetRecord};
+use crate::domain::{ForeignRuleSpec, ObjectKey, validate};
 
 /// What a policy's status says about a target's record.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Read {
     /// No record.
     None,
-    /// A record the operator wrote.
-    Valid(TargetRecord),
+    /// The operator's record, and entries someone slipped into it (ignored, reported).
+    Valid(TargetRecord, Vec<ForeignRuleSpec>),
     /// A record that does not verify: ignored, reported.
     Rejected(String),
 }
@@ -37,14 +37,13 @@ pub fn read(key: &[u8], policy: &JitPolicy, target: &str) -> Read {
     else {
         return Read::None;
     };
-    let r = from_api(target, entry);
+    let (r, signatures) = from_api(target, entry);
     let uid = policy.uid().unwrap_or_default();
-    if record::verify(key, &uid, &policy_key(policy), &r, &entry.signature) {
-        Read::Valid(r)
-    } else {
-        Read::Rejected(format!(
+    match record::verify(key, &uid, &policy_key(policy), &r, &signatures) {
+        Some((good, bad)) => Read::Valid(good, bad),
+        None => Read::Rejected(format!(
             "the record of target {target:?} in the status does not carry this operator's signature: it was written or changed by someone else and is ignored"
-        ))
+        )),
     }
 }
 
@@ -72,9 +71,8 @@ pub async fn write(
 ) -> Result<(), kube::Error> {
     let uid = policy.uid().unwrap_or_default();
     let value = record.map(|r| {
-        let r = r.clone().normalized();
-        let signature = record::sign(key, &uid, &policy_key(policy), &r);
-        serde_json::to_value(to_api(&r, signature)).expect("a record serializes")
+        let (r, signatures) = record::sign(key, &uid, &policy_key(policy), r);
+        serde_json::to_value(to_api(&r, signatures)).expect("a record serializes")
     });
     let mut attempt = 0;
     loop {
@@ -169,24 +167,43 @@ fn policy_key(policy: &JitPolicy) -> ObjectKey {
     ObjectKey::new(policy.namespace().unwrap_or_default(), policy.name_any())
 }
 
-fn from_api(target: &str, r: &ApiRecord) -> TargetRecord {
-    TargetRecord {
-        target: target.to_string(),
-        locator: validate::locator(&r.cloud),
-        containers: r.nsg_ids.clone(),
-        revoked: r
-            .revoked_rules
-            .iter()
-            .map(convert::revoked_from_api)
-            .collect(),
-    }
+fn from_api(target: &str, r: &ApiRecord) -> (TargetRecord, Signatures) {
+    (
+        TargetRecord {
+            target: target.to_string(),
+            locator: validate::locator(&r.cloud),
+            containers: r.nsg_ids.clone(),
+            revoked: r
+                .revoked_rules
+                .iter()
+                .map(convert::revoked_from_api)
+                .collect(),
+        },
+        Signatures {
+            record: r.signature.clone(),
+            revoked: r
+                .revoked_rules
+                .iter()
+                .map(|x| x.signature.clone().unwrap_or_default())
+                .collect(),
+        },
+    )
 }
 
-fn to_api(r: &TargetRecord, signature: String) -> ApiRecord {
+fn to_api(r: &TargetRecord, signatures: Signatures) -> ApiRecord {
     ApiRecord {
         cloud: convert::cloud_of(&r.locator),
         nsg_ids: r.containers.clone(),
-        revoked_rules: r.revoked.iter().map(convert::revoked_to_api).collect(),
-        signature,
+        revoked_rules: r
+            .revoked
+            .iter()
+            .zip(signatures.revoked)
+            .map(|(s, sig)| {
+                let mut rule = convert::revoked_to_api(s);
+                rule.signature = Some(sig);
+                rule
+            })
+            .collect(),
+        signature: signatures.record,
     }
 }

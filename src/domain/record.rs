@@ -53,27 +53,81 @@ impl TargetRecord {
     }
 }
 
-/// Signs a record of a target of the policy `policy` whose object has uid `policy_uid`
-/// (a re-created policy of the same name does not inherit it).
-pub fn sign(key: &[u8], policy_uid: &str, policy: &ObjectKey, record: &TargetRecord) -> String {
-    let mut m = mac(key);
-    m.update(&message(policy_uid, policy, record));
-    URL_SAFE_NO_PAD.encode(m.finalize().into_bytes())
+/// A record's signatures: one over where the target lives (and the NSGs written to),
+/// and one per revoked rule, so that an entry someone slipped in fails alone while the
+/// operator's own entries stay good.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Signatures {
+    /// Over the policy, the target, its locator and the containers.
+    pub record: String,
+    /// Per revoked rule (same order as [`TargetRecord::revoked`] after
+    /// [`TargetRecord::normalized`]).
+    pub revoked: Vec<String>,
 }
 
-/// Whether `signature` is the operator's for this record.
+/// Signs a record of a target of the policy `policy` whose object has uid `policy_uid`
+/// (a re-created policy of the same name does not inherit it). The record is normalized.
+pub fn sign(
+    key: &[u8],
+    policy_uid: &str,
+    policy: &ObjectKey,
+    record: &TargetRecord,
+) -> (TargetRecord, Signatures) {
+    let r = record.clone().normalized();
+    let signatures = Signatures {
+        record: tag(key, &head(policy_uid, policy, &r)),
+        revoked: r
+            .revoked
+            .iter()
+            .map(|s| tag(key, &rule(policy_uid, policy, &r, s)))
+            .collect(),
+    };
+    (r, signatures)
+}
+
+/// What of a signed record verifies: the record with only the revoked rules whose
+/// signatures verify, and the rules that did not. `None` when the record's own signature
+/// does not verify (someone else wrote or moved it).
 pub fn verify(
     key: &[u8],
     policy_uid: &str,
     policy: &ObjectKey,
     record: &TargetRecord,
-    signature: &str,
-) -> bool {
+    signatures: &Signatures,
+) -> Option<(TargetRecord, Vec<ForeignRuleSpec>)> {
+    let base = TargetRecord {
+        revoked: Vec::new(),
+        ..record.clone()
+    }
+    .normalized();
+    if !check(key, &head(policy_uid, policy, &base), &signatures.record) {
+        return None;
+    }
+    let mut good = base.clone();
+    let mut bad = Vec::new();
+    for (i, s) in record.revoked.iter().enumerate() {
+        let sig = signatures.revoked.get(i).map(String::as_str).unwrap_or("");
+        if check(key, &rule(policy_uid, policy, &base, s), sig) {
+            good.revoked.push(s.clone());
+        } else {
+            bad.push(s.clone());
+        }
+    }
+    Some((good.normalized(), bad))
+}
+
+fn tag(key: &[u8], message: &[u8]) -> String {
+    let mut m = mac(key);
+    m.update(message);
+    URL_SAFE_NO_PAD.encode(m.finalize().into_bytes())
+}
+
+fn check(key: &[u8], message: &[u8], signature: &str) -> bool {
     let Ok(sig) = URL_SAFE_NO_PAD.decode(signature) else {
         return false;
     };
     let mut m = mac(key);
-    m.update(&message(policy_uid, policy, record));
+    m.update(message);
     m.verify_slice(&sig).is_ok()
 }
 
@@ -87,54 +141,68 @@ fn mac(key: &[u8]) -> Hmac<Sha256> {
     <Hmac<Sha256> as KeyInit>::new_from_slice(&derived).expect("HMAC takes keys of any length")
 }
 
-/// The signed bytes: every field, each followed by a separator that cannot appear in it
-/// unescaped (fields are length-prefixed).
-fn message(policy_uid: &str, policy: &ObjectKey, record: &TargetRecord) -> Vec<u8> {
-    let r = record.clone().normalized();
+/// Length-prefixes each field, so no two different records give the same bytes.
+fn put(m: &mut Vec<u8>, field: &str) {
+    m.extend_from_slice(&(field.len() as u64).to_be_bytes());
+    m.extend_from_slice(field.as_bytes());
+}
+
+/// The signed bytes of where a target lives: policy, target, locator, containers.
+fn head(policy_uid: &str, policy: &ObjectKey, r: &TargetRecord) -> Vec<u8> {
     let mut m = Vec::new();
-    let mut put = |field: &str| {
-        m.extend_from_slice(&(field.len() as u64).to_be_bytes());
-        m.extend_from_slice(field.as_bytes());
-    };
-    put(policy_uid);
-    put(&policy.namespace);
-    put(&policy.name);
-    put(&r.target);
+    put(&mut m, "record");
+    put(&mut m, policy_uid);
+    put(&mut m, &policy.namespace);
+    put(&mut m, &policy.name);
+    put(&mut m, &r.target);
     match &r.locator {
         Locator::Aws {
             region,
             instance_id,
         } => {
-            put("aws");
-            put(region);
-            put(instance_id);
+            put(&mut m, "aws");
+            put(&mut m, region);
+            put(&mut m, instance_id);
         }
         Locator::Azure { vm_id, firewall } => {
-            put("azure");
-            put(vm_id);
-            put(firewall.as_ref().map_or("", |f| f.0.as_str()));
-            put(firewall.as_ref().map_or("", |f| f.1.as_str()));
+            put(&mut m, "azure");
+            put(&mut m, vm_id);
+            put(&mut m, firewall.as_ref().map_or("", |f| f.0.as_str()));
+            put(&mut m, firewall.as_ref().map_or("", |f| f.1.as_str()));
         }
     }
-    put(&r.containers.len().to_string());
+    put(&mut m, &r.containers.len().to_string());
     for c in &r.containers {
-        put(c);
+        put(&mut m, c);
     }
-    put(&r.revoked.len().to_string());
-    for s in &r.revoked {
-        put(&s.container);
-        put(&s.protocol);
-        put(&s.ports.map_or("-".into(), |(a, b)| format!("{a}-{b}")));
-        let (kind, value) = match &s.source {
-            ForeignSource::Cidr(v) => ("cidr", v),
-            ForeignSource::Group(v) => ("group", v),
-            ForeignSource::PrefixList(v) => ("prefix-list", v),
-            ForeignSource::Tag(v) => ("tag", v),
-        };
-        put(kind);
-        put(value);
-        put(s.description.as_deref().unwrap_or("\u{0}none"));
-    }
+    m
+}
+
+/// The signed bytes of one revoked rule of a target: bound to the policy, the target
+/// and where it lives, so it cannot be moved to another.
+fn rule(policy_uid: &str, policy: &ObjectKey, r: &TargetRecord, s: &ForeignRuleSpec) -> Vec<u8> {
+    let base = TargetRecord {
+        containers: Vec::new(),
+        revoked: Vec::new(),
+        ..r.clone()
+    };
+    let mut m = head(policy_uid, policy, &base);
+    put(&mut m, "revoked");
+    put(&mut m, &s.container);
+    put(&mut m, &s.protocol);
+    put(
+        &mut m,
+        &s.ports.map_or("-".into(), |(a, b)| format!("{a}-{b}")),
+    );
+    let (kind, value) = match &s.source {
+        ForeignSource::Cidr(v) => ("cidr", v),
+        ForeignSource::Group(v) => ("group", v),
+        ForeignSource::PrefixList(v) => ("prefix-list", v),
+        ForeignSource::Tag(v) => ("tag", v),
+    };
+    put(&mut m, kind);
+    put(&mut m, value);
+    put(&mut m, s.description.as_deref().unwrap_or("\u{0}none"));
     m
 }
 
@@ -164,41 +232,46 @@ mod tests {
     fn only_the_operators_own_record_verifies() {
         let key = b"k".repeat(32);
         let p = ObjectKey::new("ns", "p");
-        let sig = sign(&key, "uid-1", &p, &record());
-        assert!(verify(&key, "uid-1", &p, &record(), &sig));
+        let (r, sigs) = sign(&key, "uid-1", &p, &record());
+        assert_eq!(
+            verify(&key, "uid-1", &p, &r, &sigs),
+            Some((record(), vec![]))
+        );
         // Another policy object, another policy, another key: refused.
-        assert!(!verify(&key, "uid-2", &p, &record(), &sig));
-        assert!(!verify(
-            &key,
-            "uid-1",
-            &ObjectKey::new("ns", "q"),
-            &record(),
-            &sig
-        ));
-        assert!(!verify(&b"x".repeat(32), "uid-1", &p, &record(), &sig));
-        // A rule that opens 3306 to the world slipped in: refused.
-        let mut forged = record();
-        forged.revoked.push(ForeignRuleSpec {
+        assert_eq!(verify(&key, "uid-2", &p, &r, &sigs), None);
+        assert_eq!(
+            verify(&key, "uid-1", &ObjectKey::new("ns", "q"), &r, &sigs),
+            None
+        );
+        assert_eq!(verify(&b"x".repeat(32), "uid-1", &p, &r, &sigs), None);
+        // Moved to another VM: refused.
+        let mut moved = r.clone();
+        moved.locator = Locator::Aws {
+            region: "eu-west-1".into(),
+            instance_id: "i-9999".into(),
+        };
+        assert_eq!(verify(&key, "uid-1", &p, &moved, &sigs), None);
+        // A rule that opens 3306 to the world slipped in: that entry alone is refused,
+        // the operator's own entry stays good.
+        let forged_rule = ForeignRuleSpec {
             container: "sg-9".into(),
             protocol: "tcp".into(),
             ports: Some((3306, 3306)),
             source: ForeignSource::Cidr("0.0.0.0/0".into()),
             description: None,
-        });
-        assert!(!verify(&key, "uid-1", &p, &forged, &sig));
-        // Moved to another VM: refused.
-        let mut moved = record();
-        moved.locator = Locator::Aws {
-            region: "eu-west-1".into(),
-            instance_id: "i-9999".into(),
         };
-        assert!(!verify(&key, "uid-1", &p, &moved, &sig));
-        // The order of entries does not matter.
-        let mut reordered = record();
-        reordered.revoked.insert(0, forged.revoked[1].clone());
-        let sig2 = sign(&key, "uid-1", &p, &reordered);
-        reordered.revoked.reverse();
-        assert!(verify(&key, "uid-1", &p, &reordered, &sig2));
-        assert!(!verify(&key, "uid-1", &p, &record(), "not base64!"));
+        let mut forged = r.clone();
+        forged.revoked.push(forged_rule.clone());
+        let mut forged_sigs = sigs.clone();
+        forged_sigs.revoked.push(sigs.revoked[0].clone());
+        assert_eq!(
+            verify(&key, "uid-1", &p, &forged, &forged_sigs),
+            Some((record(), vec![forged_rule]))
+        );
+        // A signature of one target's rule does not vouch for another target.
+        let mut other = r.clone();
+        other.target = "db".into();
+        assert_eq!(verify(&key, "uid-1", &p, &other, &sigs), None);
+        assert!(!check(&key, b"x", "not base64!"));
     }
 }

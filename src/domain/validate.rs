@@ -423,6 +423,42 @@ pub fn request(
     })
 }
 
+/// Checks that a request's sources can reach an Azure target: NSG rules name the VM's
+/// addresses of the source's family and never mix families, so an IPv6 source needs an
+/// IPv6 address on the VM (and the same for IPv4). `addresses` are the VM's private
+/// addresses as last resolved; nothing is checked while they are unknown.
+pub fn sources_fit_addresses(
+    spec: &api::AccessRequestSpec,
+    target: &str,
+    addresses: &[std::net::IpAddr],
+) -> Result<(), Vec<FieldError>> {
+    if addresses.is_empty() {
+        return Ok(());
+    }
+    let errors: Vec<FieldError> = spec
+        .ports
+        .iter()
+        .enumerate()
+        .filter_map(|(i, p)| {
+            let net = parse_cidr(&p.source_prefix).ok()?;
+            let family = Family::of_net(&net);
+            (!addresses.iter().any(|a| Family::of(a) == family)).then(|| {
+                err(
+                    format!("spec.ports[{i}].sourcePrefix"),
+                    format!(
+                        "{net} is an {family} source, but target {target:?} has no {family} address to open it to"
+                    ),
+                )
+            })
+        })
+        .collect();
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors)
+    }
+}
+
 /// Reads a request without checking it against its policy, for a policy on hold (whose
 /// spec does not validate): only to close what it holds on time. The protocol defaults
 /// to TCP; ports that do not parse are left out.

@@ -167,9 +167,13 @@ impl Admission {
         }
 
         let policies: Api<JitPolicy> = Api::namespaced(self.client.clone(), &ns);
+        let mut addresses = Vec::new();
         let parsed_policy = match policies.get_opt(&policy).await {
             Ok(Some(p)) => match validate::policy(ObjectKey::new(&ns, &policy), &p.spec, false) {
-                Ok(p) => Some(p),
+                Ok(parsed) => {
+                    addresses = azure_addresses(&p, &spec.target);
+                    Some(parsed)
+                }
                 Err(e) => {
                     return resp.deny(format!(
                         "spec.policyRef.name: JitPolicy {policy:?} is invalid: {}",
@@ -189,7 +193,10 @@ impl Admission {
             false,
             Default::default(),
         ) {
-            Ok(_) => resp,
+            Ok(_) => match validate::sources_fit_addresses(&spec, &spec.target, &addresses) {
+                Ok(()) => resp,
+                Err(errors) => resp.deny(validate::join(&errors)),
+            },
             Err(errors) => resp.deny(validate::join(&errors)),
         }
     }
@@ -216,6 +223,27 @@ impl Admission {
             Err(errors) => resp.deny(validate::join(&errors)),
         }
     }
+}
+
+/// The private addresses the operator resolved for an Azure target of `policy` (the
+/// status is only a hint here: the controller checks again against what it resolves).
+fn azure_addresses(policy: &JitPolicy, target: &str) -> Vec<std::net::IpAddr> {
+    let azure = policy
+        .spec
+        .targets
+        .iter()
+        .any(|t| t.name == target && matches!(t.cloud, crate::api::TargetCloud::Azure(_)));
+    if !azure {
+        return Vec::new();
+    }
+    policy
+        .status
+        .iter()
+        .flat_map(|s| s.targets.iter())
+        .filter(|t| t.name == target)
+        .flat_map(|t| t.private_ips.iter())
+        .filter_map(|ip| ip.parse().ok())
+        .collect()
 }
 
 /// An update that tries to add a stamp the object never had: drop it.

@@ -33,6 +33,17 @@ impl World {
 
     /// A world whose operator serves its admission webhook, or not.
     pub async fn new_with(prefix: &str, faults: Faults, webhook: bool) -> World {
+        Self::new_with_args(prefix, faults, webhook, "2s", &[]).await
+    }
+
+    /// A world whose operator resyncs every `resync` and gets `extra` arguments.
+    pub async fn new_with_args(
+        prefix: &str,
+        faults: Faults,
+        webhook: bool,
+        resync: &str,
+        extra: &[&str],
+    ) -> World {
         let tb = Testbed::shared();
         tb.install_crds().expect("CRDs install");
         let client = tb.client(ADMIN).await;
@@ -41,12 +52,25 @@ impl World {
         let vm = aws::instance(&ec2).await;
         let proxy = Ec2Proxy::start(&tb.moto_url).await;
         proxy.set_faults(faults);
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         let operator = if webhook {
-            let op = Operator::start(tb, &ns, &proxy.url, "2s");
+            let port = crate::support::process::free_port();
+            let mut args = vec![
+                "--webhook-listen".to_string(),
+                format!("127.0.0.1:{port}"),
+                "--webhook-url".into(),
+                format!("https://127.0.0.1:{port}"),
+                "--webhook-config-name".into(),
+                format!("portcullis-{ns}"),
+            ];
+            args.extend(extra);
+            let op = Operator::start_with(tb, &ns, &proxy.url, resync, args, &[]);
             wait_for_webhook(&client, &ns).await;
             op
         } else {
-            Operator::start_without_webhook(tb, &ns, &proxy.url, "2s")
+            let mut args = vec!["--no-webhook".to_string()];
+            args.extend(extra);
+            Operator::start_with(tb, &ns, &proxy.url, resync, args, &[])
         };
         World {
             policies: Api::namespaced(client.clone(), &ns),

@@ -43,10 +43,30 @@ pub enum Faults {
     ServerErrorEvery(u64),
 }
 
+/// A call the proxy answers itself with an EC2 error: every call of `action` (any action
+/// when `None`) in `region` (any region when `None`).
+#[derive(Clone, Debug)]
+pub struct Refuse {
+    /// The EC2 action, e.g. `DeleteSecurityGroup`.
+    pub action: Option<&'static str>,
+    /// The region the call is signed for.
+    pub region: Option<&'static str>,
+    /// The HTTP status.
+    pub status: u16,
+    /// The EC2 error code, e.g. `DependencyViolation`.
+    pub code: &'static str,
+}
+
+/// Runs before the proxy forwards a call of an action: the test changes the world (e.g.
+/// through moto directly) while the operator is in the middle of its work.
+pub type Hook = Arc<dyn Fn() -> futures::future::BoxFuture<'static, ()> + Send + Sync>;
+
 #[derive(Default)]
 struct State {
     calls: Mutex<Vec<String>>,
     faults: Mutex<Faults>,
+    refusals: Mutex<Vec<Refuse>>,
+    hooks: Mutex<Vec<(String, Hook)>>,
     injected: AtomicU64,
     seq: AtomicU64,
 }
@@ -97,6 +117,25 @@ impl Ec2Proxy {
         *self.state.faults.lock().unwrap() = faults;
     }
 
+    /// Refuses the calls `refuse` describes, from now on (besides the faults).
+    pub fn refuse(&self, refuse: Refuse) {
+        self.state.refusals.lock().unwrap().push(refuse);
+    }
+
+    /// Stops refusing calls.
+    pub fn stop_refusing(&self) {
+        self.state.refusals.lock().unwrap().clear();
+    }
+
+    /// Runs `hook` once, before the next call of `action` is forwarded.
+    pub fn before_next(&self, action: &str, hook: Hook) {
+        self.state
+            .hooks
+            .lock()
+            .unwrap()
+            .push((action.to_string(), hook));
+    }
+
     /// Every action seen so far, in order (injected failures included).
     pub fn calls(&self) -> Vec<String> {
         self.state.calls.lock().unwrap().clone()
@@ -119,6 +158,13 @@ impl Ec2Proxy {
     pub fn injected(&self) -> u64 {
         self.state.injected.load(Ordering::SeqCst)
     }
+}
+
+/// The region a call is signed for (SigV4 credential scope).
+fn region_of(headers: &hyper::HeaderMap) -> Option<String> {
+    let auth = headers.get("authorization")?.to_str().ok()?;
+    let scope = auth.split("Credential=").nth(1)?.split(',').next()?;
+    scope.split('/').nth(2).map(str::to_string)
 }
 
 fn action_of(body: &[u8]) -> String {
@@ -155,6 +201,31 @@ async fn forward(
     let action = action_of(&body);
     st.calls.lock().unwrap().push(action.clone());
     let n = st.seq.fetch_add(1, Ordering::SeqCst) + 1;
+    let hook = {
+        let mut hooks = st.hooks.lock().unwrap();
+        hooks
+            .iter()
+            .position(|(a, _)| *a == action)
+            .map(|i| hooks.remove(i).1)
+    };
+    if let Some(hook) = hook {
+        hook().await;
+    }
+    let region = region_of(&parts.headers);
+    let refusal = st
+        .refusals
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|r| {
+            r.action.is_none_or(|a| a == action)
+                && r.region.is_none_or(|g| Some(g) == region.as_deref())
+        })
+        .cloned();
+    if let Some(r) = refusal {
+        st.injected.fetch_add(1, Ordering::SeqCst);
+        return Ok(ec2_error(r.status, r.code, "refused by the test proxy"));
+    }
     let faults = *st.faults.lock().unwrap();
     match faults {
         Faults::ThrottleEvery(k) if k > 0 && n.is_multiple_of(k) => {

@@ -177,7 +177,7 @@ fn aws_locator(locator: &Locator) -> Result<(&str, &str), CloudError> {
 }
 
 /// The deterministic name of the owned group of an installation for an ENI and target.
-fn owned_group_name(cluster: &str, eni: &str, target: &str) -> String {
+pub fn owned_group_name(cluster: &str, eni: &str, target: &str) -> String {
     format!(
         "portcullis-{eni}-{}",
         short_hash(&format!("{cluster}/{target}"))

@@ -314,7 +314,19 @@ async fn load_record(
             .map(|t| t.drift_corrections);
     }
     let record = match records::read(&ctx.stamp_key, policy, &key.target) {
-        records::Read::Valid(r) => Some(r),
+        records::Read::Valid(r, forged) => {
+            if !forged.is_empty() {
+                let message = format!(
+                    "target {}: {} revoked-rule entr(y/ies) in the status do not carry this operator's signature and are ignored: {:?}",
+                    key.target,
+                    forged.len(),
+                    forged
+                );
+                warn!(%message, "ignoring record entries that do not verify");
+                publish(ctx, policy, EventType::Warning, "RecordRejected", message).await;
+            }
+            Some(r)
+        }
         records::Read::None => None,
         records::Read::Rejected(message) => {
             if !mem.rejection_reported {

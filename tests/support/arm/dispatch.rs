@@ -72,6 +72,21 @@ fn answer(shared: &Shared, state: &mut State, request: &Incoming) -> Result<Repl
             format!("The ARM emulator does not serve '{}'.", request.path),
         )
     })?;
+    if request.method != Method::GET
+        && let Some((_, code)) = state
+            .refused_writes
+            .iter()
+            .find(|(fragment, _)| request.path.contains(fragment.as_str()))
+    {
+        return Err(ArmError::front_door(
+            400,
+            code,
+            format!(
+                "The ARM emulator refuses writes to '{}' (test fault).",
+                request.path
+            ),
+        ));
+    }
     let cx = Ctx {
         shared,
         headers: &request.headers,

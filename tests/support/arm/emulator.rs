@@ -403,6 +403,50 @@ impl ArmEmulator {
             .nsg = nsg;
     }
 
+    /// Gives the NIC `nic_id` new private addresses (one IP configuration each), as
+    /// re-addressing a VM does.
+    pub fn set_nic_ips(&self, nic_id: &str, private_ips: &[&str]) {
+        let mut state = self.state();
+        let nic = state
+            .model
+            .nics
+            .get_mut(&ids::key(nic_id))
+            .unwrap_or_else(|| panic!("set_nic_ips: no NIC {nic_id}"));
+        let subnet = nic.ip_configs[0].subnet.clone();
+        nic.ip_configs = private_ips
+            .iter()
+            .enumerate()
+            .map(|(i, ip)| IpConfig {
+                name: format!("ipconfig{}", i + 1),
+                private_ip: ip.to_string(),
+                subnet: subnet.clone(),
+                primary: i == 0,
+            })
+            .collect();
+    }
+
+    /// Deletes the VM `vm_id` (its NICs stay, detached), as deleting a VM does.
+    pub fn remove_vm(&self, vm_id: &str) {
+        let mut state = self.state();
+        state.model.vms.remove(&ids::key(vm_id));
+        for nic in state.model.nics.values_mut() {
+            if nic
+                .vm
+                .as_deref()
+                .is_some_and(|v| v.eq_ignore_ascii_case(vm_id))
+            {
+                nic.vm = None;
+            }
+        }
+    }
+
+    /// Refuses every write (PUT, DELETE) whose path contains `fragment` with 400 `code`.
+    pub fn refuse_writes_to(&self, fragment: &str, code: &str) {
+        self.state()
+            .refused_writes
+            .push((fragment.to_string(), code.to_string()));
+    }
+
     // ----- reading state back, as a GET would show it -----
 
     /// The NSG `id` as GET shows it, if it exists.

@@ -173,6 +173,8 @@ pub(crate) struct State {
     pub recorder: Recorder,
     /// Which answer [`super::options::BusyAnswer::Alternate`] gives next.
     pub busy_turn: u64,
+    /// Writes refused on purpose: (path fragment, error code).
+    pub refused_writes: Vec<(String, String)>,
 }
 
 /// What the server and the handle share.
