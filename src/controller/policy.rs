@@ -147,7 +147,13 @@ async fn converge(policy: &JitPolicy, ctx: &Context, deleting: bool) -> Result<A
                 .annotations()
                 .get(requester::ANNOTATION)
                 .map(String::as_str);
-            let requester = requester::verify(&ctx.stamp_key, &ns, stamp, &r.spec);
+            let name_any = r.name_any();
+            let stamped = requester::Object {
+                namespace: &ns,
+                name: &name_any,
+                created: r.metadata.creation_timestamp.as_ref().map(|t| t.0),
+            };
+            let requester = requester::verify(&ctx.stamp_key, stamped, stamp, &r.spec);
             let parsed = validate::request(
                 ObjectKey::new(&ns, r.name_any()),
                 &r.spec,

@@ -44,13 +44,33 @@ impl Admission {
                 let Ok(spec) = spec_of::<AccessRequestSpec>(obj) else {
                     return resp;
                 };
+                if let Err(message) = sent_by_the_api_server(req, obj) {
+                    return resp.deny(message);
+                }
                 let u = &req.user_info;
                 let who = Requester {
                     username: u.username.clone().unwrap_or_default(),
                     uid: u.uid.clone().filter(|s| !s.is_empty()),
                     groups: u.groups.clone().unwrap_or_default(),
                 };
-                let signed = requester::sign(&self.stamp_key, &ns, &who, &spec);
+                // The API server names a generateName'd object only after this webhook.
+                let name = match (&obj.metadata.name, &obj.metadata.generate_name) {
+                    (Some(n), _) if !n.is_empty() => requester::Name::Exact(n),
+                    (_, Some(p)) if !p.is_empty() => requester::Name::Prefix(p),
+                    _ => {
+                        return resp
+                            .deny("metadata.name: an AccessRequest needs a name or a generateName");
+                    }
+                };
+                // The time comes from this process, never from the review.
+                let signed = requester::sign(
+                    &self.stamp_key,
+                    &ns,
+                    name,
+                    jiff::Timestamp::now(),
+                    &who,
+                    &spec,
+                );
                 serde_json::to_string(&signed).expect("a stamp serializes")
             }
             Operation::Update => {
@@ -122,6 +142,23 @@ impl Admission {
         if req.operation != Operation::Create {
             return resp;
         }
+        // The object now has the creationTimestamp the API server gave it: the stamp the
+        // mutating webhook made must fit it, or the controller would refuse it later.
+        let name = obj.metadata.name.clone().unwrap_or_default();
+        let stamped = requester::Object {
+            namespace: &ns,
+            name: &name,
+            created: obj.metadata.creation_timestamp.as_ref().map(|t| t.0),
+        };
+        let annotation = obj
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(ANNOTATION))
+            .map(String::as_str);
+        if let Err(message) = requester::verify(&self.stamp_key, stamped, annotation, &spec) {
+            return resp.deny(format!("metadata.annotations[{ANNOTATION}]: {message}"));
+        }
 
         // Authorization first: who may not ask learns nothing about the policy.
         let u = &req.user_info;
@@ -180,7 +217,6 @@ impl Admission {
             Ok(None) => None,
             Err(e) => return resp.deny(format!("cannot read JitPolicy {policy:?}: {e}")),
         };
-        let name = obj.metadata.name.clone().unwrap_or_default();
         match validate::request(
             ObjectKey::new(&ns, name),
             &spec,
@@ -216,6 +252,30 @@ impl Admission {
             Err(errors) => resp.deny(validate::join(&errors)),
         }
     }
+}
+
+/// Refuses a review that the API server would not send for an AccessRequest CREATE: the
+/// stamp endpoint signs only AccessRequests, with the namespace and name the review gives.
+fn sent_by_the_api_server(
+    req: &AdmissionRequest<DynamicObject>,
+    obj: &DynamicObject,
+) -> Result<(), String> {
+    let r = &req.resource;
+    if r.group != GROUP || r.resource != "accessrequests" || req.sub_resource.is_some() {
+        return Err(format!(
+            "this webhook stamps {GROUP}/accessrequests only, not {}/{}",
+            r.group, r.resource
+        ));
+    }
+    let ns = req.namespace.as_deref().unwrap_or_default();
+    if ns.is_empty() || obj.metadata.namespace.as_deref().is_some_and(|o| o != ns) {
+        return Err("metadata.namespace: does not match the request's namespace".into());
+    }
+    let name = obj.metadata.name.as_deref().unwrap_or_default();
+    if name != req.name {
+        return Err("metadata.name: does not match the request's name".into());
+    }
+    Ok(())
 }
 
 /// An update that tries to add a stamp the object never had: drop it.
