@@ -165,7 +165,7 @@ pub fn verify(
         (None, Some(p)) => Name::Prefix(p),
         _ => {
             return Err(format!(
-                "the requester stamp ({ANNOTATION}) names no object: it was not written by this Portcullis"
+                "the requester stamp ({ANNOTATION}) does not verify: it names no object, so it was not written by this Portcullis"
             ));
         }
     };

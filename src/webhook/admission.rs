@@ -58,8 +58,9 @@ impl Admission {
                     (Some(n), _) if !n.is_empty() => requester::Name::Exact(n),
                     (_, Some(p)) if !p.is_empty() => requester::Name::Prefix(p),
                     _ => {
-                        return resp
-                            .deny("metadata.name: an AccessRequest needs a name or a generateName");
+                        return resp.deny(
+                            "metadata.name: an AccessRequest needs a name or a generateName",
+                        );
                     }
                 };
                 // The time comes from this process, never from the review.

@@ -9,4 +9,5 @@ pub mod ec2_proxy;
 pub mod kube_helpers;
 pub mod operator;
 pub mod process;
+pub mod tcp_proxy;
 pub mod testbed;
