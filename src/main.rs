@@ -129,7 +129,10 @@ fn main() -> anyhow::Result<()> {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
-            rt.block_on(run(*args))
+            let result = rt.block_on(run(*args));
+            // A leader that lost its Lease exits now, even with calls hanging.
+            rt.shutdown_timeout(std::time::Duration::from_secs(1));
+            result
         }
     }
 }
@@ -231,22 +234,20 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             _ = keep => Err(anyhow::anyhow!("lost the leader Lease; exiting so that only one replica writes")),
         }
     };
-    let result = tokio::select! {
-        r = lead => r,
-        r = http => Err(anyhow::anyhow!("the metrics server stopped: {:?}", r)),
+    let signal = tokio::select! {
+        r = lead => return r,
+        r = http => return Err(anyhow::anyhow!("the metrics server stopped: {:?}", r)),
         r = async { match webhook { Some(w) => w.await, None => std::future::pending().await } } => {
-            Err(anyhow::anyhow!("the admission webhook stopped: {:?}", r))
+            return Err(anyhow::anyhow!("the admission webhook stopped: {:?}", r));
         }
-        s = shutdown() => {
-            tracing::info!(signal = s, "shutting down");
-            Ok(())
-        }
+        s = shutdown() => s,
     };
+    tracing::info!(signal, "shutting down");
     // Everything that writes stopped with `lead` above; only now may another replica lead.
     if let Some(e) = &election {
         e.release(&client).await;
     }
-    result
+    Ok(())
 }
 
 /// Waits for SIGTERM (a rollout or a node drain) or SIGINT; the signal's name.

@@ -9,4 +9,6 @@ mod aws;
 mod azure;
 mod crd_schema;
 mod identity;
+mod leader;
 mod stamp;
+mod webhook_server;
