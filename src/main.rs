@@ -234,15 +234,17 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             _ = keep => Err(anyhow::anyhow!("lost the leader Lease; exiting so that only one replica writes")),
         }
     };
-    let signal = tokio::select! {
-        r = lead => return r,
-        r = http => return Err(anyhow::anyhow!("the metrics server stopped: {:?}", r)),
+    let stopped: anyhow::Result<&str> = tokio::select! {
+        // The controllers end without an error only when they were told to stop (they
+        // too listen for SIGTERM, and finish what they are doing first).
+        r = lead => r.map(|()| "the controllers stopped"),
+        r = http => Err(anyhow::anyhow!("the metrics server stopped: {:?}", r)),
         r = async { match webhook { Some(w) => w.await, None => std::future::pending().await } } => {
-            return Err(anyhow::anyhow!("the admission webhook stopped: {:?}", r));
+            Err(anyhow::anyhow!("the admission webhook stopped: {:?}", r))
         }
-        s = shutdown() => s,
+        s = shutdown() => Ok(s),
     };
-    tracing::info!(signal, "shutting down");
+    tracing::info!(reason = stopped?, "shutting down");
     // Everything that writes stopped with `lead` above; only now may another replica lead.
     if let Some(e) = &election {
         e.release(&client).await;
