@@ -205,10 +205,16 @@ async fn leader_stops_when_the_renew_deadline_passes() {
     )
     .unwrap();
     let proxied = proxied.display().to_string();
-    let mut a = replica(&ns, "replica-a", &["--kubeconfig", &proxied]);
+    // A 6 s Lease (renew deadline 4 s): the stalled leader may take up to a second to
+    // exit after it stops leading, and the margin must hold on a busy machine.
+    let mut a = replica(
+        &ns,
+        "replica-a",
+        &["--kubeconfig", &proxied, "--lease-duration", "6s"],
+    );
     wait_holder(&leases, "replica-a").await;
-    let _b = replica(&ns, "replica-b", &[]);
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let _b = replica(&ns, "replica-b", &["--lease-duration", "6s"]);
+    tokio::time::sleep(Duration::from_secs(3)).await;
 
     // The API server stops answering replica a (a stalled connection, not a refusal).
     proxy.freeze();
@@ -224,7 +230,7 @@ async fn leader_stops_when_the_renew_deadline_passes() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     eprintln!(
-        "METRIC leader: stalled leader exited {a_exited:?} after the stall, the follower led {b_leads:?} after (Lease 3s, renew deadline 2s)"
+        "METRIC leader: stalled leader exited {a_exited:?} after the stall, the follower led {b_leads:?} after (Lease 6s, renew deadline 4s)"
     );
     let a_exited =
         a_exited.unwrap_or_else(|| panic!("the stalled leader kept running; log:\n{}", a.log()));

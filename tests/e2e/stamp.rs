@@ -28,7 +28,6 @@ async fn stamp_copied_onto_a_recreated_request_does_not_verify() {
     let stamped_at = Instant::now();
     let original = w.phase("r", Phase::Active, MINUTE).await;
     let stamp = original.annotations()[STAMP].clone();
-    assert!(stamp.contains("\"issuedAt\""), "{stamp}");
     delete_and_wait_gone(&w.requests, "r").await;
     w.wait_owned_rules("the grant of r to close", 0).await;
 
