@@ -88,6 +88,12 @@ struct RunArgs {
     /// request body, each, before closing the connection.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     webhook_read_timeout: std::time::Duration,
+    /// Complete TLS handshakes only with clients presenting a certificate signed by the
+    /// CA in this file: give the API server such a certificate (its
+    /// --admission-control-config-file) so that nobody else can call the webhook, and so
+    /// nobody else can have it sign a requester stamp.
+    #[arg(long)]
+    webhook_client_ca: Option<PathBuf>,
     /// The name of the webhook configurations the operator registers.
     #[arg(long, default_value = "portcullis")]
     webhook_config_name: String,
@@ -343,13 +349,15 @@ async fn start_webhook(
         read_timeout: args.webhook_read_timeout,
         ..webhook::Limits::default()
     };
-    let server = webhook::serve(
-        args.webhook_listen,
-        serving.server_config(),
-        admission,
-        limits,
-    )
-    .await?;
+    let client_ca = match &args.webhook_client_ca {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .map_err(|e| anyhow::anyhow!("--webhook-client-ca {}: {e}", path.display()))?,
+        ),
+        None => None,
+    };
+    let tls = serving.server_config_for_clients(client_ca.as_deref())?;
+    let server = webhook::serve(args.webhook_listen, tls, admission, limits).await?;
     let ca = serving.ca();
     let registration = Registration {
         name: args.webhook_config_name.clone(),

@@ -9,11 +9,12 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio::sync::watch;
+use tokio_rustls::rustls::RootCertStore;
 use tokio_rustls::rustls::ServerConfig;
 use tokio_rustls::rustls::crypto::CryptoProvider;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use tokio_rustls::rustls::server::{ClientHello, ResolvesServerCert};
+use tokio_rustls::rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use tokio_rustls::rustls::sign::CertifiedKey;
 use tracing::{info, warn};
 
@@ -174,14 +175,37 @@ impl Serving {
         self.ca.subscribe()
     }
 
-    /// A rustls server configuration that serves the current certificate.
+    /// A rustls server configuration that serves the current certificate to any client.
     pub fn server_config(self: &Arc<Self>) -> Arc<ServerConfig> {
-        let config = ServerConfig::builder_with_provider(Arc::new(provider()))
-            .with_safe_default_protocol_versions()
-            .expect("the default provider supports the default versions")
-            .with_no_client_auth()
-            .with_cert_resolver(self.clone());
-        Arc::new(config)
+        self.server_config_for_clients(None)
+            .expect("without client authentication nothing can fail")
+    }
+
+    /// A rustls server configuration that serves the current certificate and, with
+    /// `client_ca_pem`, completes a handshake only with clients whose certificate that CA
+    /// signed (the API server, given one through its admission configuration).
+    pub fn server_config_for_clients(
+        self: &Arc<Self>,
+        client_ca_pem: Option<&str>,
+    ) -> anyhow::Result<Arc<ServerConfig>> {
+        let provider = Arc::new(provider());
+        let builder = ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()?;
+        let builder = match client_ca_pem {
+            None => builder.with_no_client_auth(),
+            Some(pem) => {
+                let mut roots = RootCertStore::empty();
+                for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+                    roots.add(cert.context("the client CA is not PEM")?)?;
+                }
+                anyhow::ensure!(!roots.is_empty(), "the client CA file holds no certificate");
+                let verifier =
+                    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                        .build()?;
+                builder.with_client_cert_verifier(verifier)
+            }
+        };
+        Ok(Arc::new(builder.with_cert_resolver(self.clone())))
     }
 }
 

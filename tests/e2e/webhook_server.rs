@@ -16,7 +16,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
-use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio_rustls::rustls::{ClientConfig, RootCertStore};
 
 use crate::support::kube_helpers::{eventually, namespace, wait_for_webhook};
@@ -59,6 +59,10 @@ fn mount(dir: &Path, generation: u32, c: &portcullis::certs::ServingCert) {
 }
 
 async fn serve(prefix: &str) -> Served {
+    serve_with(prefix, &[]).await
+}
+
+async fn serve_with(prefix: &str, extra: &[String]) -> Served {
     let tb = Testbed::shared();
     tb.install_crds().unwrap();
     let client = tb.client(ADMIN).await;
@@ -82,6 +86,7 @@ async fn serve(prefix: &str) -> Served {
         "--webhook-read-timeout".into(),
         "2s".into(),
     ];
+    let args = args.into_iter().chain(extra.iter().cloned()).collect();
     let operator = Operator::start_with(tb, &ns, &tb.moto_url, "2s", args, &[]);
     wait_for_webhook(&client, &ns).await;
     Served {
@@ -95,6 +100,11 @@ async fn serve(prefix: &str) -> Served {
 }
 
 fn connector(cas: &[&str]) -> TlsConnector {
+    connector_as(cas, None)
+}
+
+/// A connector trusting `cas`, presenting `client` (a certificate and key, PEM) if given.
+fn connector_as(cas: &[&str], client: Option<(&str, &str)>) -> TlsConnector {
     let mut roots = RootCertStore::empty();
     for ca in cas {
         for c in CertificateDer::pem_slice_iter(ca.as_bytes()) {
@@ -105,8 +115,18 @@ fn connector(cas: &[&str]) -> TlsConnector {
     let config = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_root_certificates(roots);
+    let config = match client {
+        None => config.with_no_client_auth(),
+        Some((cert, key)) => config
+            .with_client_auth_cert(
+                CertificateDer::pem_slice_iter(cert.as_bytes())
+                    .collect::<Result<_, _>>()
+                    .unwrap(),
+                PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+            )
+            .unwrap(),
+    };
     TlsConnector::from(Arc::new(config))
 }
 
@@ -326,4 +346,112 @@ async fn webhook_server_serves_a_rotated_certificate() {
     )
     .await;
     wait_for_webhook(&client, &s.ns).await;
+}
+
+/// A hand-made AdmissionReview claiming that `admin` creates an AccessRequest in `ns`: what
+/// someone who can reach the webhook's port would send to get a stamp signed.
+fn forged_review(ns: &str) -> String {
+    serde_json::json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": "forged",
+            "kind": {"group": "jit.portcullis.dev", "version": "v1alpha1", "kind": "AccessRequest"},
+            "resource": {"group": "jit.portcullis.dev", "version": "v1alpha1", "resource": "accessrequests"},
+            "name": "forged",
+            "namespace": ns,
+            "operation": "CREATE",
+            "userInfo": {"username": "admin", "groups": ["system:masters"]},
+            "object": {
+                "apiVersion": "jit.portcullis.dev/v1alpha1",
+                "kind": "AccessRequest",
+                "metadata": {"name": "forged", "namespace": ns},
+                "spec": {
+                    "policyRef": {"name": "jit"}, "target": "web", "justification": "forged",
+                    "ports": [{"port": 22, "sourcePrefix": "203.0.113.7/32", "duration": "10m"}]
+                }
+            },
+            "dryRun": false
+        }
+    })
+    .to_string()
+}
+
+/// Posts `review` to the mutate endpoint over `connector`; the HTTP answer, or why none.
+async fn post_review(port: u16, connector: TlsConnector, review: &str) -> Result<String, String> {
+    let tcp = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .map_err(|e| e.to_string())?;
+    let name = ServerName::try_from("127.0.0.1").unwrap();
+    let mut c = connector
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    // With TLS 1.3 the server judges the client's certificate after the client thinks
+    // the handshake is done: a refusal shows up on the first read.
+    c.write_all(format!("{HEAD}Content-Length: {}\r\n\r\n{review}", review.len()).as_bytes())
+        .await
+        .map_err(|e| format!("write: {e}"))?;
+    let mut answer = Vec::new();
+    match tokio::time::timeout(Duration::from_secs(20), c.read_to_end(&mut answer)).await {
+        Err(_) => Err("no answer".into()),
+        Ok(Err(e)) if answer.is_empty() => Err(format!("read: {e}")),
+        Ok(_) => Ok(String::from_utf8_lossy(&answer).into_owned()),
+    }
+}
+
+#[tokio::test]
+async fn webhook_server_answers_only_the_api_server() {
+    // The test bed's API server presents a client certificate to webhooks (its admission
+    // configuration); the operator accepts no other client.
+    let tb = Testbed::shared();
+    let client_ca = tb.webhook_client_ca().display().to_string();
+    let s = serve_with("wh-mtls", &["--webhook-client-ca".to_string(), client_ca]).await;
+    // `serve` waited for admission through the API server: it got through. Others do not.
+    let review = forged_review(&s.ns);
+    let anonymous = post_review(s.port, connector(&[&s.ca_pem]), &review).await;
+    assert!(
+        anonymous.is_err(),
+        "a client without a certificate was answered: {anonymous:?}"
+    );
+    let stranger = portcullis::certs::client_cert("someone-else").unwrap();
+    let other = post_review(
+        s.port,
+        connector_as(&[&s.ca_pem], Some((&stranger.cert_pem, &stranger.key_pem))),
+        &review,
+    )
+    .await;
+    assert!(
+        other.is_err(),
+        "a client with a certificate from another CA was answered: {other:?}"
+    );
+    eprintln!("refused: no certificate ({anonymous:?}); another CA's ({other:?})");
+    // The control: with the API server's own client certificate the same review is
+    // answered, so what refused the others was the certificate alone.
+    let kubeconfig = std::fs::read_to_string(tb.dir.join("webhook-client.kubeconfig")).unwrap();
+    let field = |name: &str| -> String {
+        use base64::Engine;
+        let b64 = kubeconfig
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(name))
+            .unwrap()
+            .trim();
+        String::from_utf8(
+            base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .unwrap(),
+        )
+        .unwrap()
+    };
+    let (cert, key) = (field("client-certificate-data:"), field("client-key-data:"));
+    let answered = post_review(
+        s.port,
+        connector_as(&[&s.ca_pem], Some((&cert, &key))),
+        &review,
+    )
+    .await
+    .expect("the API server's certificate is accepted");
+    assert!(answered.starts_with("HTTP/1.1 200"), "{answered}");
+    // Admission through the API server still works.
+    wait_for_webhook(&tb.client(ADMIN).await, &s.ns).await;
 }
