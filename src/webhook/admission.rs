@@ -298,3 +298,104 @@ fn remove_stamp(resp: AdmissionResponse, obj: &DynamicObject) -> AdmissionRespon
             .expect("a valid JSON patch");
     resp.clone().with_patch(patch).unwrap_or(resp)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A review as the API server sends it for an AccessRequest CREATE by alice.
+    fn review(object: serde_json::Value) -> serde_json::Value {
+        let name = object["metadata"]["name"].clone();
+        serde_json::json!({
+            "apiVersion": "admission.k8s.io/v1",
+            "kind": "AdmissionReview",
+            "request": {
+                "uid": "u",
+                "kind": {"group": GROUP, "version": "v1alpha1", "kind": "AccessRequest"},
+                "resource": {"group": GROUP, "version": "v1alpha1", "resource": "accessrequests"},
+                "name": name.as_str().unwrap_or_default(),
+                "namespace": "ns",
+                "operation": "CREATE",
+                "userInfo": {"username": "alice", "uid": "uid-alice", "groups": ["devs"]},
+                "object": object,
+                "dryRun": false
+            }
+        })
+    }
+
+    fn request(metadata: serde_json::Value) -> serde_json::Value {
+        serde_json::json!({
+            "apiVersion": "jit.portcullis.dev/v1alpha1",
+            "kind": "AccessRequest",
+            "metadata": metadata,
+            "spec": {
+                "policyRef": {"name": "jit"}, "target": "web", "justification": "x",
+                "ports": [{"port": 22, "sourcePrefix": "203.0.113.7/32", "duration": "10m"}]
+            }
+        })
+    }
+
+    fn admission() -> Admission {
+        let config = kube::Config::new("https://127.0.0.1:1".parse().unwrap());
+        Admission {
+            client: kube::Client::try_from(config).unwrap(),
+            stamp_key: b"k".repeat(32),
+        }
+    }
+
+    fn stamp_of(review: serde_json::Value) -> AdmissionResponse {
+        let review: kube::core::admission::AdmissionReview<DynamicObject> =
+            serde_json::from_value(review).unwrap();
+        admission().stamp(&review.try_into().unwrap())
+    }
+
+    fn signed(resp: &AdmissionResponse) -> requester::SignedRequester {
+        let patch: serde_json::Value =
+            serde_json::from_slice(resp.patch.as_ref().expect("a patch")).unwrap();
+        let value = &patch[0]["value"];
+        let text = value
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| value[ANNOTATION].as_str().unwrap().to_string());
+        serde_json::from_str(&text).unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_stamp_names_the_object_and_its_user() {
+        let resp = stamp_of(review(request(
+            serde_json::json!({"name": "r", "namespace": "ns"}),
+        )));
+        assert!(resp.allowed, "{}", resp.result.message);
+        let s = signed(&resp);
+        assert_eq!(s.requester.username, "alice");
+        assert_eq!(s.name.as_deref(), Some("r"));
+        assert!(s.issued_at.parse::<jiff::Timestamp>().is_ok());
+
+        // A generateName'd request has no name yet: the stamp binds the prefix.
+        let resp = stamp_of(review(request(
+            serde_json::json!({"generateName": "ssh-", "namespace": "ns"}),
+        )));
+        let s = signed(&resp);
+        assert_eq!((s.name, s.generate_name.as_deref()), (None, Some("ssh-")));
+    }
+
+    #[tokio::test]
+    async fn the_stamp_endpoint_signs_only_what_the_api_server_would_send() {
+        // Another resource.
+        let mut r = review(request(serde_json::json!({"name": "r"})));
+        r["request"]["resource"]["resource"] = "jitpolicies".into();
+        assert!(!stamp_of(r).allowed);
+        // A name or namespace in the object that the review does not give.
+        let mut r = review(request(serde_json::json!({"name": "r"})));
+        r["request"]["name"] = "other".into();
+        assert!(!stamp_of(r).allowed);
+        let r = review(request(
+            serde_json::json!({"name": "r", "namespace": "elsewhere"}),
+        ));
+        assert!(!stamp_of(r).allowed);
+        // Neither a name nor a generateName.
+        let r = review(request(serde_json::json!({"namespace": "ns"})));
+        let resp = stamp_of(r);
+        assert!(!resp.allowed && resp.result.message.contains("metadata.name"));
+    }
+}
