@@ -166,7 +166,14 @@ impl Serving {
     pub fn replace(&self, material: &Material) -> anyhow::Result<()> {
         let key = material.certified_key()?;
         *self.current.write().expect("the lock is never poisoned") = key;
-        self.ca.send_replace(material.ca_pem.clone());
+        // Renewing the certificate alone leaves the CA, and the registration, as they are.
+        self.ca.send_if_modified(|ca| {
+            let changed = *ca != material.ca_pem;
+            if changed {
+                ca.clone_from(&material.ca_pem);
+            }
+            changed
+        });
         Ok(())
     }
 
