@@ -44,6 +44,30 @@ pub fn serving_cert(common_name: &str, names: &[&str]) -> Result<ServingCert, rc
     })
 }
 
+/// Makes a new CA and a client certificate for `common_name` (for TLS client
+/// authentication, e.g. the API server calling the admission webhook).
+pub fn client_cert(common_name: &str) -> Result<ServingCert, rcgen::Error> {
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, format!("{common_name} CA"));
+    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate()?)?;
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, common_name);
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let key = KeyPair::generate()?;
+    let cert = params.signed_by(&key, &ca)?;
+    Ok(ServingCert {
+        ca_pem: ca.pem(),
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    })
+}
+
 /// A fresh signing key pair (ECDSA P-256), private key PKCS#8 PEM and public key PEM.
 pub fn signing_key() -> Result<(String, String), rcgen::Error> {
     let key = KeyPair::generate()?;

@@ -85,6 +85,20 @@ struct RunArgs {
     /// cert-manager) instead of a self-made one kept in a Secret.
     #[arg(long)]
     webhook_cert_dir: Option<PathBuf>,
+    /// How often the certificate in --webhook-cert-dir is re-read; a renewed one is
+    /// served to new connections without a restart.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    webhook_cert_reload: std::time::Duration,
+    /// How long the webhook waits for a client's TLS handshake, request headers and
+    /// request body, each, before closing the connection.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    webhook_read_timeout: std::time::Duration,
+    /// Complete TLS handshakes only with clients presenting a certificate signed by the
+    /// CA in this file: give the API server such a certificate (its
+    /// --admission-control-config-file) so that nobody else can call the webhook, and so
+    /// nobody else can have it sign a requester stamp.
+    #[arg(long)]
+    webhook_client_ca: Option<PathBuf>,
     /// The name of the webhook configurations the operator registers.
     #[arg(long, default_value = "portcullis")]
     webhook_config_name: String,
@@ -126,7 +140,10 @@ fn main() -> anyhow::Result<()> {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
-            rt.block_on(run(*args))
+            let result = rt.block_on(run(*args));
+            // A leader that lost its Lease exits now, even with calls hanging.
+            rt.shutdown_timeout(std::time::Duration::from_secs(1));
+            result
         }
     }
 }
@@ -199,46 +216,71 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     // Able to serve admission: ready, leader or not.
     ready.set_ready();
-    let election = (!args.no_leader_election).then(|| portcullis::leader::Election {
-        namespace: args.operator_namespace.clone(),
-        name: args.lease_name.clone(),
-        identity: std::env::var("POD_NAME")
-            .unwrap_or_else(|_| format!("{}-{}", hostname(), std::process::id())),
-        lease_duration: args.lease_duration,
+    let election = (!args.no_leader_election).then(|| {
+        let identity = std::env::var("POD_NAME")
+            .unwrap_or_else(|_| format!("{}-{}", hostname(), std::process::id()));
+        portcullis::leader::Election::new(
+            &args.operator_namespace,
+            &args.lease_name,
+            &identity,
+            args.lease_duration,
+        )
     });
     let lead = async {
         if let Some(e) = &election {
             e.acquire(&client).await;
         }
-        if let Some(r) = registration {
-            webhook::register::apply(&client, &r).await?;
-            let (client, resync) = (client.clone(), settings.resync);
-            tokio::spawn(async move {
-                loop {
-                    tokio::time::sleep(resync).await;
-                    if let Err(e) = webhook::register::apply(&client, &r).await {
-                        tracing::warn!(error = %e, "cannot re-apply the webhook configurations");
-                    }
-                }
-            });
-        }
+        // Renewing starts at once, beside the work it guards.
         let keep = async {
             match &election {
                 Some(e) => e.keep(&client).await,
                 None => std::future::pending().await,
             }
         };
+        let upkeep = async {
+            match registration {
+                Some((r, ca)) => {
+                    webhook::upkeep::keep_registered(client.clone(), r, ca, settings.resync).await
+                }
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
-            r = controller::run(client.clone(), backends, settings, Arc::new(jiff::Timestamp::now), stamp_key, ready) => r,
+            r = controller::run(client.clone(), backends, settings.clone(), Arc::new(jiff::Timestamp::now), stamp_key, ready) => r,
+            r = upkeep => r,
             _ = keep => Err(anyhow::anyhow!("lost the leader Lease; exiting so that only one replica writes")),
         }
     };
-    tokio::select! {
-        r = lead => r,
+    let stopped: anyhow::Result<&str> = tokio::select! {
+        // The controllers end without an error only when they were told to stop (they
+        // too listen for SIGTERM, and finish what they are doing first).
+        r = lead => r.map(|()| "the controllers stopped"),
         r = http => Err(anyhow::anyhow!("the metrics server stopped: {:?}", r)),
         r = async { match webhook { Some(w) => w.await, None => std::future::pending().await } } => {
             Err(anyhow::anyhow!("the admission webhook stopped: {:?}", r))
         }
+        s = shutdown() => Ok(s),
+    };
+    tracing::info!(reason = stopped?, "shutting down");
+    // Everything that writes stopped with `lead` above; only now may another replica lead.
+    if let Some(e) = &election {
+        e.release(&client).await;
+    }
+    Ok(())
+}
+
+/// Waits for SIGTERM (a rollout or a node drain) or SIGINT; the signal's name.
+async fn shutdown() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
     }
 }
 
@@ -248,6 +290,12 @@ fn hostname() -> String {
         .unwrap_or_else(|_| "portcullis".into())
 }
 
+/// The webhook configurations to register, and the CA they must carry as it changes.
+type Registered = (
+    webhook::register::Registration,
+    tokio::sync::watch::Receiver<String>,
+);
+
 /// Serves the admission webhook and keeps its configurations registered, with a current
 /// `caBundle`, re-applying them on every resync.
 async fn start_webhook(
@@ -255,7 +303,7 @@ async fn start_webhook(
     client: &kube::Client,
     settings: &Settings,
     stamp_key: Vec<u8>,
-) -> anyhow::Result<(tokio::task::JoinHandle<()>, webhook::register::Registration)> {
+) -> anyhow::Result<(tokio::task::JoinHandle<()>, Registered)> {
     use webhook::register::{Endpoint, Registration};
     let endpoint = match &args.webhook_url {
         Some(url) => Endpoint::Url(url.clone()),
@@ -265,8 +313,8 @@ async fn start_webhook(
             port: 443,
         },
     };
-    let material = match &args.webhook_cert_dir {
-        Some(dir) => webhook::tls::Material::from_dir(dir)?,
+    let serving = match &args.webhook_cert_dir {
+        Some(dir) => webhook::tls::Serving::from_dir(dir.clone(), args.webhook_cert_reload)?,
         None => {
             let names: Vec<String> = match &endpoint {
                 Endpoint::Url(url) => {
@@ -301,19 +349,32 @@ async fn start_webhook(
                     Ok(webhook::tls::Material::generate(&refs)?.to_secret())
                 })
                 .await?;
-            webhook::tls::Material::from_secret(&data)?
+            webhook::tls::Serving::fixed(&webhook::tls::Material::from_secret(&data)?)?
         }
     };
     let admission = Arc::new(webhook::Admission {
         client: client.clone(),
         stamp_key,
     });
-    let server = webhook::serve(args.webhook_listen, material.server_config()?, admission).await?;
+    let limits = webhook::Limits {
+        read_timeout: args.webhook_read_timeout,
+        ..webhook::Limits::default()
+    };
+    let client_ca = match &args.webhook_client_ca {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .map_err(|e| anyhow::anyhow!("--webhook-client-ca {}: {e}", path.display()))?,
+        ),
+        None => None,
+    };
+    let tls = serving.server_config_for_clients(client_ca.as_deref())?;
+    let server = webhook::serve(args.webhook_listen, tls, admission, limits).await?;
+    let ca = serving.ca();
     let registration = Registration {
         name: args.webhook_config_name.clone(),
         endpoint,
-        ca_pem: material.ca_pem.clone(),
+        ca_pem: ca.borrow().clone(),
         namespace: settings.namespace.clone(),
     };
-    Ok((server, registration))
+    Ok((server, (registration, ca)))
 }

@@ -44,13 +44,34 @@ impl Admission {
                 let Ok(spec) = spec_of::<AccessRequestSpec>(obj) else {
                     return resp;
                 };
+                if let Err(message) = sent_by_the_api_server(req, obj) {
+                    return resp.deny(message);
+                }
                 let u = &req.user_info;
                 let who = Requester {
                     username: u.username.clone().unwrap_or_default(),
                     uid: u.uid.clone().filter(|s| !s.is_empty()),
                     groups: u.groups.clone().unwrap_or_default(),
                 };
-                let signed = requester::sign(&self.stamp_key, &ns, &who, &spec);
+                // The API server names a generateName'd object only after this webhook.
+                let name = match (&obj.metadata.name, &obj.metadata.generate_name) {
+                    (Some(n), _) if !n.is_empty() => requester::Name::Exact(n),
+                    (_, Some(p)) if !p.is_empty() => requester::Name::Prefix(p),
+                    _ => {
+                        return resp.deny(
+                            "metadata.name: an AccessRequest needs a name or a generateName",
+                        );
+                    }
+                };
+                // The time comes from this process, never from the review.
+                let signed = requester::sign(
+                    &self.stamp_key,
+                    &ns,
+                    name,
+                    jiff::Timestamp::now(),
+                    &who,
+                    &spec,
+                );
                 serde_json::to_string(&signed).expect("a stamp serializes")
             }
             Operation::Update => {
@@ -122,6 +143,23 @@ impl Admission {
         if req.operation != Operation::Create {
             return resp;
         }
+        // The object now has the creationTimestamp the API server gave it: the stamp the
+        // mutating webhook made must fit it, or the controller would refuse it later.
+        let name = obj.metadata.name.clone().unwrap_or_default();
+        let stamped = requester::Object {
+            namespace: &ns,
+            name: &name,
+            created: obj.metadata.creation_timestamp.as_ref().map(|t| t.0),
+        };
+        let annotation = obj
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(ANNOTATION))
+            .map(String::as_str);
+        if let Err(message) = requester::verify(&self.stamp_key, stamped, annotation, &spec) {
+            return resp.deny(format!("metadata.annotations[{ANNOTATION}]: {message}"));
+        }
 
         // Authorization first: who may not ask learns nothing about the policy.
         let u = &req.user_info;
@@ -184,7 +222,6 @@ impl Admission {
             Ok(None) => None,
             Err(e) => return resp.deny(format!("cannot read JitPolicy {policy:?}: {e}")),
         };
-        let name = obj.metadata.name.clone().unwrap_or_default();
         match validate::request(
             ObjectKey::new(&ns, name),
             &spec,
@@ -246,6 +283,30 @@ fn azure_addresses(policy: &JitPolicy, target: &str) -> Vec<std::net::IpAddr> {
         .collect()
 }
 
+/// Refuses a review that the API server would not send for an AccessRequest CREATE: the
+/// stamp endpoint signs only AccessRequests, with the namespace and name the review gives.
+fn sent_by_the_api_server(
+    req: &AdmissionRequest<DynamicObject>,
+    obj: &DynamicObject,
+) -> Result<(), String> {
+    let r = &req.resource;
+    if r.group != GROUP || r.resource != "accessrequests" || req.sub_resource.is_some() {
+        return Err(format!(
+            "this webhook stamps {GROUP}/accessrequests only, not {}/{}",
+            r.group, r.resource
+        ));
+    }
+    let ns = req.namespace.as_deref().unwrap_or_default();
+    if ns.is_empty() || obj.metadata.namespace.as_deref().is_some_and(|o| o != ns) {
+        return Err("metadata.namespace: does not match the request's namespace".into());
+    }
+    let name = obj.metadata.name.as_deref().unwrap_or_default();
+    if name != req.name {
+        return Err("metadata.name: does not match the request's name".into());
+    }
+    Ok(())
+}
+
 /// An update that tries to add a stamp the object never had: drop it.
 fn remove_stamp(resp: AdmissionResponse, obj: &DynamicObject) -> AdmissionResponse {
     let has = obj
@@ -264,4 +325,105 @@ fn remove_stamp(resp: AdmissionResponse, obj: &DynamicObject) -> AdmissionRespon
         serde_json::from_value(serde_json::json!([{"op": "remove", "path": path}]))
             .expect("a valid JSON patch");
     resp.clone().with_patch(patch).unwrap_or(resp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A review as the API server sends it for an AccessRequest CREATE by alice.
+    fn review(object: serde_json::Value) -> serde_json::Value {
+        let name = object["metadata"]["name"].clone();
+        serde_json::json!({
+            "apiVersion": "admission.k8s.io/v1",
+            "kind": "AdmissionReview",
+            "request": {
+                "uid": "u",
+                "kind": {"group": GROUP, "version": "v1alpha1", "kind": "AccessRequest"},
+                "resource": {"group": GROUP, "version": "v1alpha1", "resource": "accessrequests"},
+                "name": name.as_str().unwrap_or_default(),
+                "namespace": "ns",
+                "operation": "CREATE",
+                "userInfo": {"username": "alice", "uid": "uid-alice", "groups": ["devs"]},
+                "object": object,
+                "dryRun": false
+            }
+        })
+    }
+
+    fn request(metadata: serde_json::Value) -> serde_json::Value {
+        serde_json::json!({
+            "apiVersion": "jit.portcullis.dev/v1alpha1",
+            "kind": "AccessRequest",
+            "metadata": metadata,
+            "spec": {
+                "policyRef": {"name": "jit"}, "target": "web", "justification": "x",
+                "ports": [{"port": 22, "sourcePrefix": "203.0.113.7/32", "duration": "10m"}]
+            }
+        })
+    }
+
+    fn admission() -> Admission {
+        let config = kube::Config::new("https://127.0.0.1:1".parse().unwrap());
+        Admission {
+            client: kube::Client::try_from(config).unwrap(),
+            stamp_key: b"k".repeat(32),
+        }
+    }
+
+    fn stamp_of(review: serde_json::Value) -> AdmissionResponse {
+        let review: kube::core::admission::AdmissionReview<DynamicObject> =
+            serde_json::from_value(review).unwrap();
+        admission().stamp(&review.try_into().unwrap())
+    }
+
+    fn signed(resp: &AdmissionResponse) -> requester::SignedRequester {
+        let patch: serde_json::Value =
+            serde_json::from_slice(resp.patch.as_ref().expect("a patch")).unwrap();
+        let value = &patch[0]["value"];
+        let text = value
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| value[ANNOTATION].as_str().unwrap().to_string());
+        serde_json::from_str(&text).unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_stamp_names_the_object_and_its_user() {
+        let resp = stamp_of(review(request(
+            serde_json::json!({"name": "r", "namespace": "ns"}),
+        )));
+        assert!(resp.allowed, "{}", resp.result.message);
+        let s = signed(&resp);
+        assert_eq!(s.requester.username, "alice");
+        assert_eq!(s.name.as_deref(), Some("r"));
+        assert!(s.issued_at.parse::<jiff::Timestamp>().is_ok());
+
+        // A generateName'd request has no name yet: the stamp binds the prefix.
+        let resp = stamp_of(review(request(
+            serde_json::json!({"generateName": "ssh-", "namespace": "ns"}),
+        )));
+        let s = signed(&resp);
+        assert_eq!((s.name, s.generate_name.as_deref()), (None, Some("ssh-")));
+    }
+
+    #[tokio::test]
+    async fn the_stamp_endpoint_signs_only_what_the_api_server_would_send() {
+        // Another resource.
+        let mut r = review(request(serde_json::json!({"name": "r"})));
+        r["request"]["resource"]["resource"] = "jitpolicies".into();
+        assert!(!stamp_of(r).allowed);
+        // A name or namespace in the object that the review does not give.
+        let mut r = review(request(serde_json::json!({"name": "r"})));
+        r["request"]["name"] = "other".into();
+        assert!(!stamp_of(r).allowed);
+        let r = review(request(
+            serde_json::json!({"name": "r", "namespace": "elsewhere"}),
+        ));
+        assert!(!stamp_of(r).allowed);
+        // Neither a name nor a generateName.
+        let r = review(request(serde_json::json!({"namespace": "ns"})));
+        let resp = stamp_of(r);
+        assert!(!resp.allowed && resp.result.message.contains("metadata.name"));
+    }
 }

@@ -9,22 +9,25 @@ pub mod admission;
 pub mod register;
 pub mod secrets;
 pub mod tls;
+pub mod upkeep;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::{Bytes, Incoming};
+use hyper::header::CONTENT_LENGTH;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use kube::api::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 pub use admission::Admission;
 
@@ -35,11 +38,36 @@ pub const VALIDATE_REQUESTS: &str = "/validate/accessrequests";
 /// Validation of JitPolicies.
 pub const VALIDATE_POLICIES: &str = "/validate/jitpolicies";
 
+/// The largest AdmissionReview accepted. A review holds the object and, on update, its
+/// old version; etcd stores objects of at most 1.5 MiB by default, and our own objects
+/// are far smaller (bounded specs, at most 256 KiB of annotations).
+pub const MAX_BODY: usize = 4 * 1024 * 1024;
+
+/// What keeps a slow or hostile client from holding the server.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// The TLS handshake, the request headers and the request body must each arrive
+    /// within this (the API server itself gives a webhook at most `timeoutSeconds`).
+    pub read_timeout: Duration,
+    /// The largest request body accepted; larger ones are refused unread.
+    pub max_body: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            read_timeout: Duration::from_secs(10),
+            max_body: MAX_BODY,
+        }
+    }
+}
+
 /// Serves admission on `addr` with `tls` until the process ends. Returns once listening.
 pub async fn serve(
     addr: SocketAddr,
     tls: Arc<tokio_rustls::rustls::ServerConfig>,
     admission: Arc<Admission>,
+    limits: Limits,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let listener = TcpListener::bind(addr).await?;
     info!(addr = %listener.local_addr()?, "admission webhook listening");
@@ -51,19 +79,38 @@ pub async fn serve(
             };
             let (acceptor, admission) = (acceptor.clone(), admission.clone());
             tokio::spawn(async move {
-                let stream = match acceptor.accept(stream).await {
-                    Ok(s) => s,
-                    Err(e) => {
+                let stream = match tokio::time::timeout(
+                    limits.read_timeout,
+                    acceptor.accept(stream),
+                )
+                .await
+                {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
                         warn!(%peer, error = %e, "TLS handshake failed");
                         return;
                     }
+                    Err(_) => {
+                        warn!(%peer, "TLS handshake not finished in time: closed");
+                        return;
+                    }
                 };
-                let svc = service_fn(move |req| handle(req, admission.clone()));
-                if let Err(e) = http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await
-                {
-                    warn!(%peer, error = %e, "webhook connection failed");
+                let svc = service_fn(move |req| handle(req, admission.clone(), limits));
+                // One request per connection: an idle keep-alive connection would either
+                // be held open by anyone for free, or be closed by us just as the API
+                // server reuses it (a POST it cannot retry). A handshake per admission
+                // call costs a millisecond or two.
+                let conn = http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(limits.read_timeout)
+                    .keep_alive(false)
+                    .serve_connection(TokioIo::new(stream), svc);
+                // The handshake, headers and body are each bounded; this bounds the whole,
+                // answer included.
+                match tokio::time::timeout(limits.read_timeout * 4, conn).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => debug!(%peer, error = %e, "webhook connection closed"),
+                    Err(_) => warn!(%peer, "webhook connection took too long: closed"),
                 }
             });
         }
@@ -73,14 +120,32 @@ pub async fn serve(
 async fn handle(
     req: Request<Incoming>,
     admission: Arc<Admission>,
+    limits: Limits,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let path = req.uri().path().to_string();
-    let body = match req.into_body().collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(e) => {
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limits.max_body as u64) {
+        return Ok(too_large(limits));
+    }
+    let body = Limited::new(req.into_body(), limits.max_body);
+    let body = match tokio::time::timeout(limits.read_timeout, body.collect()).await {
+        Ok(Ok(b)) => b.to_bytes(),
+        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            return Ok(too_large(limits));
+        }
+        Ok(Err(e)) => {
             return Ok(reply(
                 StatusCode::BAD_REQUEST,
                 format!("cannot read body: {e}").into_bytes(),
+            ));
+        }
+        Err(_) => {
+            return Ok(reply(
+                StatusCode::REQUEST_TIMEOUT,
+                b"the request body did not arrive in time".to_vec(),
             ));
         }
     };
@@ -113,6 +178,13 @@ async fn handle(
     }
     let out = serde_json::to_vec(&response.into_review()).unwrap_or_default();
     Ok(reply(StatusCode::OK, out))
+}
+
+fn too_large(limits: Limits) -> Response<Full<Bytes>> {
+    reply(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("the request body is larger than {} bytes", limits.max_body).into_bytes(),
+    )
 }
 
 fn reply(status: StatusCode, body: Vec<u8>) -> Response<Full<Bytes>> {

@@ -10,3 +10,6 @@ mod azure;
 mod cli;
 mod crd_schema;
 mod identity;
+mod leader;
+mod stamp;
+mod webhook_server;

@@ -11,4 +11,5 @@ pub mod kube_helpers;
 pub mod kubectl_jit;
 pub mod operator;
 pub mod process;
+pub mod tcp_proxy;
 pub mod testbed;

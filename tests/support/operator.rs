@@ -111,6 +111,12 @@ impl Operator {
             "--lease-duration".into(),
             "3s".into(),
         ];
+        // A flag given in `extra` replaces the default above (clap refuses a repeated one).
+        for flag in extra.iter().filter(|a| a.starts_with("--")) {
+            if let Some(i) = args.iter().position(|a| a == flag) {
+                args.drain(i..i + 2);
+            }
+        }
         args.extend(extra);
         let mut envs = vec![
             ("AWS_ENDPOINT_URL".to_string(), aws_url.to_string()),
@@ -158,6 +164,30 @@ impl Operator {
             c.kill().ok();
             c.wait().ok();
         }
+    }
+
+    /// Sends SIGTERM, as Kubernetes does to a pod it stops, and waits up to `timeout` for
+    /// the process to exit; its exit status, or `None` if it is still running.
+    pub fn terminate(&mut self, timeout: std::time::Duration) -> Option<std::process::ExitStatus> {
+        let child = self.child.as_mut()?;
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let start = std::time::Instant::now();
+        while start.elapsed() < timeout {
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                return Some(status);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// The exit status if the process has exited (without waiting).
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        let status = self.child.as_mut()?.try_wait().ok()??;
+        self.child = None;
+        Some(status)
     }
 
     /// The log of the current (or last) run.

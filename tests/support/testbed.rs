@@ -121,6 +121,8 @@ pub struct Testbed {
 
 static SHARED: OnceLock<Testbed> = OnceLock::new();
 
+const WEBHOOK_CLIENT_CA: &str = "webhook-client-ca.crt";
+
 impl Testbed {
     /// The test bed shared by all tests of this process, started on first use.
     ///
@@ -249,6 +251,37 @@ impl Testbed {
             .collect();
         let tokens = write("tokens.csv", &tokens)?;
         let audit_policy = write("audit-policy.yaml", AUDIT_POLICY)?;
+        // The API server presents a client certificate to every webhook that asks for one
+        // (Portcullis's --webhook-client-ca); webhooks that do not ask never see it.
+        let admission = {
+            use base64::Engine;
+            let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+            let client = portcullis::certs::client_cert("kube-apiserver-webhook-client")
+                .map_err(|e| err("cannot make the webhook client certificate", &e))?;
+            write(WEBHOOK_CLIENT_CA, &client.ca_pem)?;
+            let kubeconfig = write(
+                "webhook-client.kubeconfig",
+                &format!(
+                    "apiVersion: v1\nkind: Config\nusers:\n- name: '*'\n  user:\n    client-certificate-data: {}\n    client-key-data: {}\n",
+                    b64(&client.cert_pem),
+                    b64(&client.key_pem)
+                ),
+            )?;
+            let plugin = |name: &str| {
+                format!(
+                    "- name: {name}\n  configuration:\n    apiVersion: apiserver.config.k8s.io/v1\n    kind: WebhookAdmissionConfiguration\n    kubeConfigFile: {}\n",
+                    kubeconfig.display()
+                )
+            };
+            write(
+                "admission.yaml",
+                &format!(
+                    "apiVersion: apiserver.config.k8s.io/v1\nkind: AdmissionConfiguration\nplugins:\n{}{}",
+                    plugin("ValidatingAdmissionWebhook"),
+                    plugin("MutatingAdmissionWebhook")
+                ),
+            )?
+        };
 
         let port = free_port();
         let log = self.spawn(
@@ -267,6 +300,7 @@ impl Testbed {
                 &format!("--service-account-signing-key-file={}", sa_key.display()),
                 "--service-account-issuer=https://kubernetes.default.svc",
                 "--authorization-mode=RBAC",
+                &format!("--admission-control-config-file={}", admission.display()),
                 "--service-cluster-ip-range=10.96.0.0/24",
                 &format!("--audit-policy-file={}", audit_policy.display()),
                 &format!("--audit-log-path={}", self.dir.join(AUDIT_LOG).display()),
@@ -321,6 +355,11 @@ impl Testbed {
                     && e.pointer("/objectRef/namespace").and_then(|v| v.as_str()) == Some(namespace)
             })
             .collect()
+    }
+
+    /// The CA that signed the client certificate the API server presents to webhooks.
+    pub fn webhook_client_ca(&self) -> PathBuf {
+        self.dir.join(WEBHOOK_CLIENT_CA)
     }
 
     /// The kubeconfig file for `user`.

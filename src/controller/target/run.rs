@@ -377,7 +377,13 @@ fn gather_requests(ctx: &Context, key: &TargetKey, input: &PolicyInput) -> Vec<G
                 .annotations()
                 .get(requester::ANNOTATION)
                 .map(String::as_str);
-            let who = requester::verify(&ctx.stamp_key, &key.policy.namespace, stamp, &r.spec);
+            let name = r.name_any();
+            let stamped = requester::Object {
+                namespace: &key.policy.namespace,
+                name: &name,
+                created: r.metadata.creation_timestamp.as_ref().map(|t| t.0),
+            };
+            let who = requester::verify(&ctx.stamp_key, stamped, stamp, &r.spec);
             let deleting = r.metadata.deletion_timestamp.is_some();
             let parsed =
                 decide::parse_request(input, rkey.clone(), &r.spec, created, deleting, recorded)
