@@ -11,5 +11,6 @@ mod cli;
 mod crd_schema;
 mod identity;
 mod leader;
+mod never_left_open;
 mod stamp;
 mod webhook_server;

@@ -66,6 +66,7 @@ struct State {
     calls: Mutex<Vec<String>>,
     faults: Mutex<Faults>,
     refusals: Mutex<Vec<Refuse>>,
+    delays: Mutex<Vec<(String, std::time::Duration)>>,
     hooks: Mutex<Vec<(String, Hook)>>,
     injected: AtomicU64,
     seq: AtomicU64,
@@ -125,6 +126,15 @@ impl Ec2Proxy {
     /// Stops refusing calls.
     pub fn stop_refusing(&self) {
         self.state.refusals.lock().unwrap().clear();
+    }
+
+    /// Holds every call signed for `region` this long before forwarding it: a slow region.
+    pub fn delay_region(&self, region: &str, delay: std::time::Duration) {
+        self.state
+            .delays
+            .lock()
+            .unwrap()
+            .push((region.to_string(), delay));
     }
 
     /// Runs `hook` once, before the next call of `action` is forwarded.
@@ -212,6 +222,16 @@ async fn forward(
         hook().await;
     }
     let region = region_of(&parts.headers);
+    let delay = st
+        .delays
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|(r, _)| Some(r.as_str()) == region.as_deref())
+        .map(|(_, d)| *d);
+    if let Some(d) = delay {
+        tokio::time::sleep(d).await;
+    }
     let refusal = st
         .refusals
         .lock()

@@ -404,7 +404,8 @@ impl Backend for AwsBackend {
             .collect();
         let mut all = foreign_groups.clone();
         all.extend(owned.iter().map(|g| g.id.clone()));
-        let rules = ingress_rules(&ec2, &all).await?;
+        let mut rules = ingress_rules(&ec2, &all).await?;
+        fill_descriptions(&mut rules, &owned_groups);
 
         // Who else uses the foreign groups.
         let own_enis: BTreeSet<&str> = resolved.interfaces.iter().map(|i| i.id.as_str()).collect();
@@ -770,7 +771,9 @@ impl AwsBackend {
             .iter()
             .filter_map(|g| g.group_id().map(str::to_string))
             .collect();
-        let rules = ingress_rules(&ec2, &ids).await?;
+        let mut rules = ingress_rules(&ec2, &ids).await?;
+        let described: Vec<SecurityGroup> = owned.iter().map(|g| (*g).clone()).collect();
+        fill_descriptions(&mut rules, &described);
         for g in owned {
             let Some(id) = g.group_id() else { continue };
             let target_live = tag(g, TAG_TARGET).is_some_and(|t| live.targets.contains(t));
@@ -812,6 +815,42 @@ impl AwsBackend {
             }
         }
         Ok(())
+    }
+}
+
+/// Fills in the descriptions a rule listing left out, from the groups' permissions. EC2
+/// lists them in both places; moto's DescribeSecurityGroupRules drops the description of
+/// a rule whose source is a group, which would hide the operator's stamp on a carve-out.
+fn fill_descriptions(rules: &mut [SecurityGroupRule], groups: &[SecurityGroup]) {
+    for r in rules.iter_mut().filter(|r| r.description().is_none()) {
+        let Some(source) = r.referenced_group_info().and_then(|g| g.group_id()) else {
+            continue;
+        };
+        let found = groups
+            .iter()
+            .filter(|g| g.group_id() == r.group_id())
+            .flat_map(|g| g.ip_permissions())
+            .filter(|p| {
+                p.ip_protocol() == r.ip_protocol()
+                    && p.from_port() == r.from_port()
+                    && p.to_port() == r.to_port()
+            })
+            .flat_map(|p| p.user_id_group_pairs())
+            .find(|pair| pair.group_id() == Some(source))
+            .and_then(|pair| pair.description())
+            .map(str::to_string);
+        if let Some(d) = found {
+            *r = SecurityGroupRule::builder()
+                .set_security_group_rule_id(r.security_group_rule_id().map(str::to_string))
+                .set_group_id(r.group_id().map(str::to_string))
+                .set_is_egress(r.is_egress())
+                .set_ip_protocol(r.ip_protocol().map(str::to_string))
+                .set_from_port(r.from_port())
+                .set_to_port(r.to_port())
+                .set_referenced_group_info(r.referenced_group_info().cloned())
+                .description(d)
+                .build();
+        }
     }
 }
 

@@ -39,6 +39,10 @@ pub struct Memory {
     rejection_reported: bool,
     /// The last status this actor wrote per request.
     pub(super) written: HashMap<ObjectKey, AccessRequestStatus>,
+    /// What the cloud showed at the end of the last run. Only this actor writes this
+    /// target's owned rules, so their ids here are current: a grant that must close is
+    /// deleted by these ids at once, before anything is read.
+    last_seen: Option<Observation>,
     /// What the last run saw open, to tell drift from new work.
     active_before: BTreeSet<(ObjectKey, PortSpec)>,
     baseline_enforced_before: bool,
@@ -111,6 +115,7 @@ async fn run_steps(
             return Ok((outcome, next));
         }
     };
+    close_first(backend.as_ref(), key, &decision, record.as_ref(), mem).await;
     let resolved = match backend.resolve(key, &locator).await {
         Ok(r) => r,
         Err(CloudError::NotFound { what, .. }) if decision.cleanup.is_some() => {
@@ -180,7 +185,16 @@ async fn run_steps(
             warn!(error = %e, "apply failed");
             failure = Some(e);
         }
-        let after = match backend.observe(key, &locator, &resolved, &containers).await {
+        // Verify from scratch: the changes may have moved the VM's groups.
+        let again = match backend.resolve(key, &locator).await {
+            Err(CloudError::NotFound { .. }) if resolved.vanished => Ok(Resolved::vanished()),
+            other => other,
+        };
+        let after = match again {
+            Ok(r) => backend.observe(key, &locator, &r, &containers).await,
+            Err(e) => Err(e),
+        };
+        let after = match after {
             Ok(o) => Some(o),
             Err(e) => {
                 failure.get_or_insert(e);
@@ -226,6 +240,8 @@ async fn run_steps(
         blocked: &report.blocked,
     };
     settle::settle(ctx, key, &decision, &gathered, &found, mem).await;
+
+    mem.last_seen = report.verified.clone();
 
     // Done with a cleanup: forget the target.
     let clean = report.verified.as_ref().is_some_and(|v| {
@@ -290,6 +306,38 @@ async fn settle_unobserved(
         blocked: &[],
     };
     settle::settle(ctx, key, decision, gathered, &found, mem).await;
+}
+
+/// Closes the grants that must close by the rule ids the last run saw, before reading
+/// anything: an expiry waits for no read. The full run that follows verifies.
+async fn close_first(
+    backend: &dyn crate::cloud::Backend,
+    key: &TargetKey,
+    decision: &Decision,
+    record: Option<&TargetRecord>,
+    mem: &Memory,
+) {
+    let Some(last) = &mem.last_seen else { return };
+    let revoked = record.map(|r| r.revoked.clone()).unwrap_or_default();
+    let closing: Vec<Change> = plan(&decision.desired, &last.observed, &revoked)
+        .changes
+        .into_iter()
+        .filter(|c| matches!(c, Change::DeleteOwned(r) if r.grant().is_some()))
+        .collect();
+    if closing.is_empty() {
+        return;
+    }
+    info!(closing = closing.len(), "closing grants");
+    let p = Plan {
+        changes: closing,
+        blocked: Vec::new(),
+    };
+    if let Err(e) = backend
+        .apply(key, &decision.desired.locator, last, &p)
+        .await
+    {
+        warn!(error = %e, "closing failed; the full run retries");
+    }
 }
 
 /// Reads the record from the server the first time, then keeps it in memory (this actor
