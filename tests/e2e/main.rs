@@ -9,3 +9,4 @@ mod aws;
 mod azure;
 mod crd_schema;
 mod identity;
+mod scan;

@@ -7,6 +7,7 @@ pub mod arm;
 pub mod aws;
 pub mod ec2_proxy;
 pub mod kube_helpers;
+pub mod moto;
 pub mod operator;
 pub mod process;
 pub mod testbed;
