@@ -269,7 +269,8 @@ async fn scan_sorts_a_mix_of_vms_with_reasons() {
         row(
             "az-bare",
             "NotApplicable",
-            "-",
+            // Without an NSG nothing stands in the way.
+            all4,
             "JIT needs an NSG: neither the VM's network interfaces nor their subnets have one",
         ),
         row(
