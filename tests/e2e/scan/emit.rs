@@ -84,7 +84,7 @@ async fn emitted_policies_apply_and_govern_what_the_scan_found() {
     assert!(
         emitted
             .stderr
-            .contains("3 VMs: 1 Healthy, 0 NotApplicable, 3 Unhealthy"),
+            .contains("4 VMs: 1 Healthy, 0 NotApplicable, 3 Unhealthy"),
         "the summary goes to stderr: {}",
         emitted.stderr
     );
