@@ -129,12 +129,30 @@ pub async fn client(kubeconfig: Option<&Path>) -> Result<kube::Client, String> {
     kube::Client::try_from(config).map_err(|e| format!("cannot make a Kubernetes client: {e}"))
 }
 
+/// Why no JitPolicy could be read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReadError {
+    /// No API server answered (no configuration, connection refused, timeout).
+    Unreachable(String),
+    /// The API server answered with an error (forbidden, no such resource, …).
+    Refused(String),
+}
+
+impl std::fmt::Display for ReadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReadError::Unreachable(e) => write!(f, "no cluster reachable ({e})"),
+            ReadError::Refused(e) => write!(f, "the cluster refused to list JitPolicies ({e})"),
+        }
+    }
+}
+
 /// Lists the JitPolicies of `namespace` (all namespaces when `None`). Each is parsed on
 /// its own, so one the client cannot read does not hide the others.
 pub async fn read(
     client: kube::Client,
     namespace: Option<&str>,
-) -> Result<(Vec<JitPolicy>, Vec<String>), String> {
+) -> Result<(Vec<JitPolicy>, Vec<String>), ReadError> {
     let resource = ApiResource::erase::<JitPolicy>(&());
     let api: Api<DynamicObject> = match namespace {
         Some(ns) => Api::namespaced_with(client, ns, &resource),
@@ -142,8 +160,13 @@ pub async fn read(
     };
     let listed = tokio::time::timeout(CLUSTER_TIMEOUT, api.list(&ListParams::default()))
         .await
-        .map_err(|_| format!("the cluster did not answer within {CLUSTER_TIMEOUT:?}"))?
-        .map_err(|e| format!("cannot list JitPolicies: {e}"))?;
+        .map_err(|_| ReadError::Unreachable(format!("no answer within {CLUSTER_TIMEOUT:?}")))?
+        .map_err(|e| match e {
+            kube::Error::Api(s) => {
+                ReadError::Refused(format!("{} {}: {}", s.code, s.reason, s.message))
+            }
+            other => ReadError::Unreachable(other.to_string()),
+        })?;
     let mut policies = Vec::new();
     let mut problems = Vec::new();
     for obj in listed.items {

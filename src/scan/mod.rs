@@ -297,7 +297,9 @@ async fn governance(args: &ScanArgs) -> Governance {
         return Governance::default();
     }
     let read = async {
-        let client = governance::client(args.kubeconfig.as_deref()).await?;
+        let client = governance::client(args.kubeconfig.as_deref())
+            .await
+            .map_err(governance::ReadError::Unreachable)?;
         governance::read(client, args.namespace.as_deref()).await
     };
     match read.await {
@@ -310,9 +312,7 @@ async fn governance(args: &ScanArgs) -> Governance {
             g
         }
         Err(e) => {
-            eprintln!(
-                "warning: no cluster reachable ({e}); no VM counts as governed (--no-cluster skips this read)"
-            );
+            eprintln!("warning: {e}; no VM counts as governed (--no-cluster skips this read)");
             Governance::default()
         }
     }

@@ -426,4 +426,21 @@ async fn scan_sorts_a_mix_of_vms_with_reasons() {
     );
     let governed = rows(&alone.json(), &["aws-governed"]);
     assert_eq!(governed, [row("aws-governed", "Healthy", "-", none_open)]);
+
+    // A user who may not list JitPolicies hears that, not that there is no cluster.
+    let alice = tb
+        .kubeconfig(crate::support::testbed::ALICE)
+        .display()
+        .to_string();
+    let refused = scanner
+        .run(&["--aws-region", REGION, "--kubeconfig", &alice, "-o", "json"])
+        .await;
+    assert_eq!(refused.code, 0, "{}", refused.stderr);
+    assert!(
+        refused
+            .stderr
+            .contains("the cluster refused to list JitPolicies (403 Forbidden"),
+        "{}",
+        refused.stderr
+    );
 }
