@@ -156,6 +156,21 @@ async fn scan_sorts_a_mix_of_vms_with_reasons() {
     arm.set_subnet_nsg(&off.subnet_id, None);
     arm.set_power_state(&off.vm_id, "deallocated");
     arm.seed_classic_vm(RG, "az-classic");
+    let behind = arm.seed_vm_with_network(RG, "az-classic-fw", "10.40.6.4");
+    arm.seed_rule(
+        &behind.nic_nsg_id,
+        "allow-rdp",
+        nsg_rule("Allow", 200, "3389", "*"),
+    );
+    arm.set_subnet_nsg(&behind.subnet_id, None);
+    arm.seed_firewall(
+        RG,
+        "fw2",
+        "az-classic-fw-vnet",
+        "10.40.98.0/26",
+        "10.40.98.4",
+        None,
+    );
 
     let scanner =
         Scanner::new(&tb.moto_url).with_arm(&arm, &tb.dir.join(format!("arm-ca-{ns}.pem")));
@@ -291,6 +306,14 @@ async fn scan_sorts_a_mix_of_vms_with_reasons() {
             "-",
             "classic (Azure Service Manager) VM; JIT needs an Azure Resource Manager VM",
         ),
+        row(
+            "az-classic-fw",
+            "Unhealthy",
+            "3389/tcp",
+            format!(
+                "{open}3389/tcp from * via az-classic-fw-nic-nsg/allow-rdp; behind Azure Firewall fw2 (classic rules; its DNAT rules are not evaluated here)"
+            ),
+        ),
     ];
     let names: Vec<&str> = expected.iter().map(|r| r.name.as_str()).collect();
     assert_rows(&rows(&report, &names), &expected);
@@ -337,9 +360,9 @@ async fn scan_sorts_a_mix_of_vms_with_reasons() {
         "{calls:#?}"
     );
     let pages = |n: usize| n.div_ceil(2).max(1);
-    // VMs and their statuses (5 each), NICs (5), NSGs (10, two per VM, associated or
-    // not), public IPs (1), firewalls (1), classic VMs (1).
-    let expected_calls = 2 * pages(5) + pages(5) + pages(10) + pages(1) + pages(1) + pages(1);
+    // VMs and their statuses (6 each), NICs (6), NSGs (12, two per VM, associated or
+    // not), public IPs (1), firewalls (2), classic VMs (1).
+    let expected_calls = 2 * pages(6) + pages(6) + pages(12) + pages(1) + pages(2) + pages(1);
     assert_eq!(
         calls.len(),
         expected_calls,
@@ -347,8 +370,73 @@ async fn scan_sorts_a_mix_of_vms_with_reasons() {
         calls.iter().map(|c| &c.path).collect::<Vec<_>>()
     );
     eprintln!(
-        "scan of the mix: {} ARM calls for 5 VMs at 2 items a page",
+        "scan of the mix: {} ARM calls for 6 VMs at 2 items a page",
         calls.len()
+    );
+
+    // One resource group: its VMs come with their instance view in one list.
+    let in_group = scanner
+        .run(&[
+            "--azure-subscription",
+            &sub,
+            "--resource-group",
+            RG,
+            "--kubeconfig",
+            &kubeconfig,
+            "-n",
+            &ns,
+            "-o",
+            "json",
+        ])
+        .await;
+    assert_eq!(in_group.code, 0, "{}", in_group.stderr);
+    let azure: Vec<_> = expected
+        .iter()
+        .filter(|r| r.name.starts_with("az-"))
+        .cloned()
+        .collect();
+    let azure_names: Vec<&str> = azure.iter().map(|r| r.name.as_str()).collect();
+    assert_rows(&rows(&in_group.json(), &azure_names), &azure);
+    assert_eq!(
+        in_group.json()["vms"].as_array().map(Vec::len),
+        Some(azure.len())
+    );
+    // A resource group that does not exist is an error for that scope only.
+    let missing = scanner
+        .run(&[
+            "--aws-region",
+            REGION,
+            "--azure-subscription",
+            &sub,
+            "--resource-group",
+            "no-such-rg",
+            "--no-cluster",
+            "-o",
+            "json",
+        ])
+        .await;
+    assert_eq!(missing.code, 1, "{}", missing.stderr);
+    assert!(
+        missing
+            .stderr
+            .contains(&format!("error: azure {sub}/no-such-rg: ")),
+        "{}",
+        missing.stderr
+    );
+    assert!(
+        missing.stderr.contains("ResourceGroupNotFound"),
+        "{}",
+        missing.stderr
+    );
+    let partial = missing.json();
+    assert_eq!(
+        partial["errors"][0]["scope"],
+        format!("azure {sub}/no-such-rg")
+    );
+    assert_eq!(
+        partial["vms"].as_array().map(Vec::len),
+        Some(8),
+        "the AWS VMs are still reported"
     );
 
     // The table says the same, one line per VM.
@@ -386,7 +474,7 @@ async fn scan_sorts_a_mix_of_vms_with_reasons() {
             assert!(line.contains(cell.as_str()), "{line}\nlacks {cell}");
         }
     }
-    assert!(table.stdout.contains("\n14 VMs: "), "{}", table.stdout);
+    assert!(table.stdout.contains("\n15 VMs: "), "{}", table.stdout);
 
     // For CI: unhealthy VMs make the exit code 3.
     let strict = scanner
