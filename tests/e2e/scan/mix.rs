@@ -8,7 +8,7 @@ use serde_json::json;
 
 use super::{Scanner, allow, allow_prefix_list, assert_rows, ec2, group, launch, row, rows, vpc};
 use crate::aws::MINUTE;
-use crate::support::arm::{ArmEmulator, ArmOptions};
+use crate::support::arm::{ArmEmulator, ArmOptions, Faults};
 use crate::support::kube_helpers::{eventually, namespace};
 use crate::support::operator::Operator;
 use crate::support::testbed::{ADMIN, Testbed};
@@ -475,6 +475,45 @@ async fn scan_sorts_a_mix_of_vms_with_reasons() {
         }
     }
     assert!(table.stdout.contains("\n15 VMs: "), "{}", table.stdout);
+
+    // ARM throttles every third call: the scan waits as told and reports the same. (One
+    // resource group, so that no two lists share a path and the emulator can tell a
+    // retry from another list's call.)
+    arm.set_faults(Faults::ThrottleEvery {
+        every: 3,
+        retry_after_secs: 1,
+    });
+    let throttled = scanner
+        .run(&[
+            "--azure-subscription",
+            &sub,
+            "--resource-group",
+            RG,
+            "--kubeconfig",
+            &kubeconfig,
+            "-n",
+            &ns,
+            "-o",
+            "json",
+        ])
+        .await;
+    assert_eq!(throttled.code, 0, "{}", throttled.stderr);
+    let azure: Vec<_> = expected
+        .iter()
+        .filter(|r| r.name.starts_with("az-"))
+        .cloned()
+        .collect();
+    let azure_names: Vec<&str> = azure.iter().map(|r| r.name.as_str()).collect();
+    assert_rows(&rows(&throttled.json(), &azure_names), &azure);
+    assert!(arm.injected() >= 3, "{}", arm.injected());
+    let waited = arm
+        .min_wait_after_429()
+        .expect("a throttled call was retried");
+    assert!(
+        waited >= std::time::Duration::from_secs(1),
+        "retried after {waited:?}"
+    );
+    arm.set_faults(Faults::None);
 
     // For CI: unhealthy VMs make the exit code 3.
     let strict = scanner
