@@ -5,3 +5,4 @@ mod arm_error;
 pub mod list;
 pub mod nsg;
 pub mod scan;
+mod scan_shapes;
