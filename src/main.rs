@@ -24,7 +24,7 @@ enum Command {
     Run(Box<RunArgs>),
     /// Find the VMs whose management ports are open, sort them (Healthy, Unhealthy,
     /// NotApplicable) and print the JitPolicies that would govern them. Reads only.
-    Scan(Box<portcullis::scan::ScanArgs>),
+    Scan(Box<portcullis::scan::ScanCommand>),
     /// Print the CustomResourceDefinitions as YAML.
     Crds {
         /// Write one file per CRD into this directory instead of printing them.
@@ -124,7 +124,7 @@ fn main() -> anyhow::Result<()> {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
-            std::process::exit(rt.block_on(portcullis::scan::run(*args)));
+            std::process::exit(rt.block_on(portcullis::scan::run(args.into_args())));
         }
         Command::Run(args) => {
             let rt = tokio::runtime::Builder::new_multi_thread()

@@ -44,9 +44,6 @@ pub struct ScanArgs {
     /// commas). Default: 22, 3389, 5985, 5986.
     #[arg(long = "port", value_delimiter = ',', value_parser = parse_port)]
     pub ports: Vec<PortSpec>,
-    /// Report format.
-    #[arg(short = 'o', long = "output", value_enum, default_value_t = Output::Table)]
-    pub output: Output,
     /// Print JitPolicy YAML for the unhealthy VMs (one policy per region or resource
     /// group) instead of the report; the report's summary goes to standard error.
     #[arg(long, requires = "allow")]
@@ -62,13 +59,6 @@ pub struct ScanArgs {
     /// decides).
     #[arg(long)]
     pub policy_namespace: Option<String>,
-    /// Read JitPolicies only from this namespace (default: all namespaces).
-    #[arg(short = 'n', long)]
-    pub namespace: Option<String>,
-    /// Kubeconfig to read JitPolicies with (default: $KUBECONFIG, ~/.kube/config, or the
-    /// pod's service account).
-    #[arg(long)]
-    pub kubeconfig: Option<PathBuf>,
     /// Do not read JitPolicies: nothing counts as governed.
     #[arg(long)]
     pub no_cluster: bool,
@@ -78,6 +68,51 @@ pub struct ScanArgs {
     /// Exit with 3 when an unhealthy VM is found (for CI).
     #[arg(long)]
     pub fail_on_unhealthy: bool,
+    /// The kubectl-style options (kubeconfig, context, namespace, output): flags of
+    /// `portcullis scan` ([`ClusterArgs`]); the `kubectl jit` plugin fills them from its
+    /// global options, so they are no flags here.
+    #[arg(skip)]
+    pub cluster: ClusterArgs,
+}
+
+/// Where JitPolicies are read from and how the report is printed, as kubectl's options
+/// say it.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct ClusterArgs {
+    /// Kubeconfig to read JitPolicies with (default: $KUBECONFIG, ~/.kube/config, or the
+    /// pod's service account).
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    /// The kubeconfig context to use (default: the current context).
+    #[arg(long)]
+    pub context: Option<String>,
+    /// Read JitPolicies only from this namespace (default: all namespaces).
+    #[arg(short = 'n', long)]
+    pub namespace: Option<String>,
+    /// Report format.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+}
+
+/// `portcullis scan`: the scan's options and kubectl's.
+#[derive(clap::Args, Clone, Debug)]
+pub struct ScanCommand {
+    /// The scan's options.
+    #[command(flatten)]
+    pub scan: ScanArgs,
+    /// kubectl's options.
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+}
+
+impl ScanCommand {
+    /// The arguments [`super::run`] takes.
+    pub fn into_args(self) -> ScanArgs {
+        ScanArgs {
+            cluster: self.cluster,
+            ..self.scan
+        }
+    }
 }
 
 /// One thing to read.
@@ -222,11 +257,53 @@ mod tests {
     #[derive(Parser)]
     struct Cli {
         #[command(flatten)]
-        scan: ScanArgs,
+        scan: ScanCommand,
     }
 
     fn parse(args: &[&str]) -> Result<ScanArgs, clap::Error> {
-        Cli::try_parse_from(std::iter::once("scan").chain(args.iter().copied())).map(|c| c.scan)
+        Cli::try_parse_from(std::iter::once("scan").chain(args.iter().copied()))
+            .map(|c| c.scan.into_args())
+    }
+
+    /// The `kubectl jit` plugin takes `--kubeconfig`, `-n` and `-o` as global options and
+    /// `ScanArgs` as a subcommand: they must not clash.
+    #[test]
+    fn fits_under_a_plugin_with_kubectl_globals() {
+        use clap::{CommandFactory, Subcommand};
+        #[derive(Parser)]
+        struct Plugin {
+            #[arg(long, global = true)]
+            kubeconfig: Option<PathBuf>,
+            #[arg(short = 'n', long, global = true)]
+            namespace: Option<String>,
+            #[arg(short = 'o', long, global = true)]
+            output: Option<String>,
+            #[command(subcommand)]
+            command: PluginCommand,
+        }
+        #[derive(Subcommand)]
+        enum PluginCommand {
+            Scan(ScanArgs),
+        }
+        Plugin::command().debug_assert();
+        let p = Plugin::try_parse_from([
+            "kubectl-jit",
+            "-n",
+            "team",
+            "scan",
+            "--aws-region",
+            "x",
+            "-o",
+            "json",
+        ])
+        .unwrap();
+        let PluginCommand::Scan(scan) = p.command;
+        assert_eq!(
+            (p.namespace.as_deref(), p.output.as_deref()),
+            (Some("team"), Some("json"))
+        );
+        assert_eq!(scan.aws_regions, ["x"]);
+        assert_eq!(scan.cluster.output, Output::Table, "the plugin sets it");
     }
 
     #[test]

@@ -112,17 +112,27 @@ impl Governance {
 }
 
 /// A client from `kubeconfig`, or from `$KUBECONFIG`, `~/.kube/config` or the pod's
-/// service account, as kubectl finds one.
-pub async fn client(kubeconfig: Option<&Path>) -> Result<kube::Client, String> {
-    let config = match kubeconfig {
-        Some(path) => {
+/// service account, as kubectl finds one; `context` picks a kubeconfig context.
+pub async fn client(
+    kubeconfig: Option<&Path>,
+    context: Option<&str>,
+) -> Result<kube::Client, String> {
+    let options = kube::config::KubeConfigOptions {
+        context: context.map(str::to_string),
+        ..Default::default()
+    };
+    let config = match (kubeconfig, context) {
+        (Some(path), _) => {
             let kc = kube::config::Kubeconfig::read_from(path)
                 .map_err(|e| format!("cannot read kubeconfig {}: {e}", path.display()))?;
-            kube::Config::from_custom_kubeconfig(kc, &Default::default())
+            kube::Config::from_custom_kubeconfig(kc, &options)
                 .await
                 .map_err(|e| format!("kubeconfig {}: {e}", path.display()))?
         }
-        None => kube::Config::infer()
+        (None, Some(_)) => kube::Config::from_kubeconfig(&options)
+            .await
+            .map_err(|e| format!("kubeconfig: {e}"))?,
+        (None, None) => kube::Config::infer()
             .await
             .map_err(|e| format!("no kubeconfig or in-cluster configuration: {e}"))?,
     };

@@ -23,7 +23,7 @@ use crate::cloud::azure::scan::AzureScanner;
 use crate::domain::PortSpec;
 use crate::domain::exposure::{Category, ScannedVm};
 
-pub use self::args::{Output, ScanArgs};
+pub use self::args::{ClusterArgs, Output, ScanArgs, ScanCommand};
 use self::args::{Scope, plan};
 use self::governance::Governance;
 use self::progress::Progress;
@@ -92,10 +92,13 @@ async fn governance(args: &ScanArgs) -> Governance {
         return Governance::default();
     }
     let read = async {
-        let client = governance::client(args.kubeconfig.as_deref())
-            .await
-            .map_err(governance::ReadError::Unreachable)?;
-        governance::read(client, args.namespace.as_deref()).await
+        let client = governance::client(
+            args.cluster.kubeconfig.as_deref(),
+            args.cluster.context.as_deref(),
+        )
+        .await
+        .map_err(governance::ReadError::Unreachable)?;
+        governance::read(client, args.cluster.namespace.as_deref()).await
     };
     match read.await {
         Ok((policies, mut problems)) => {
@@ -166,7 +169,7 @@ pub async fn run(args: ScanArgs) -> i32 {
                     .map_err(|e| e.to_string())
             }
         }
-        None => match args.output {
+        None => match args.cluster.output {
             Output::Table => {
                 print!("{}", report::table(&findings));
                 Ok(())
