@@ -10,5 +10,6 @@ pub mod domain;
 pub mod http;
 pub mod leader;
 pub mod metrics;
+pub mod scan;
 pub mod telemetry;
 pub mod webhook;

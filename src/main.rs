@@ -22,6 +22,9 @@ struct Cli {
 enum Command {
     /// Run the operator: controllers, sweeper, metrics and health endpoints.
     Run(Box<RunArgs>),
+    /// Find the VMs whose management ports are open, sort them (Healthy, Unhealthy,
+    /// NotApplicable) and print the JitPolicies that would govern them. Reads only.
+    Scan(Box<portcullis::scan::ScanCommand>),
     /// Print the CustomResourceDefinitions as YAML.
     Crds {
         /// Write one file per CRD into this directory instead of printing them.
@@ -135,6 +138,12 @@ fn main() -> anyhow::Result<()> {
                 eprintln!("wrote {}", path.display());
             }
             Ok(())
+        }
+        Command::Scan(args) => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            std::process::exit(rt.block_on(portcullis::scan::run(args.into_args())));
         }
         Command::Run(args) => {
             let rt = tokio::runtime::Builder::new_multi_thread()

@@ -583,6 +583,239 @@ async fn nic_subnet_and_vm_match_the_examples() {
     assert_eq!(got.body["properties"]["provisioningState"], "Succeeded");
 }
 
+/// Follows `nextLink` from `path`; every page's items and how many pages there were.
+async fn all_pages(client: &ArmClient, path: &str) -> (Vec<Value>, usize) {
+    let mut items = Vec::new();
+    let mut pages = 0;
+    let mut next = Some(path.to_string());
+    while let Some(url) = next {
+        let page = client.get(&url).await;
+        assert_eq!(page.status, 200, "{url}: {}", page.body);
+        pages += 1;
+        items.extend(page.body["value"].as_array().cloned().unwrap_or_default());
+        next = page.body["nextLink"].as_str().map(str::to_string);
+        assert!(pages < 50, "nextLink never ends");
+    }
+    (items, pages)
+}
+
+#[tokio::test]
+async fn lists_page_with_next_link_and_match_the_examples() {
+    let arm = ArmEmulator::start_with(ArmOptions {
+        subscription: "subid".to_string(),
+        list_page_size: 2,
+        ..ArmOptions::default()
+    })
+    .await;
+    let client = ArmClient::new(&arm);
+    let vms: Vec<_> = (1..=3)
+        .map(|i| arm.seed_vm_with_network(RG, &format!("vm{i}"), &format!("10.0.{i}.4")))
+        .collect();
+    arm.seed_vm_with_network("other-rg", "elsewhere", "10.9.0.4");
+    arm.set_power_state(&vms[1].vm_id, "deallocated");
+    let pip = arm.seed_public_ip(RG, "vm1-ip", "203.0.113.10", Some(&vms[0].nic_id));
+
+    // VMs: three, two to a page; each shaped like a GET.
+    let (listed, pages) = all_pages(
+        &client,
+        "/subscriptions/subid/resourceGroups/rg1/providers/Microsoft.Compute/virtualMachines?api-version=2025-11-01",
+    )
+    .await;
+    assert_eq!((listed.len(), pages), (3, 2));
+    let first = client
+        .get("/subscriptions/subid/resourceGroups/rg1/providers/Microsoft.Compute/virtualMachines?api-version=2025-11-01")
+        .await;
+    let next = first.body["nextLink"].as_str().unwrap();
+    assert!(next.starts_with(&arm.url), "{next}");
+    assert!(next.contains("api-version=2025-11-01"), "{next}");
+    let single = client
+        .get(&format!("{}?api-version=2025-11-01", vms[0].vm_id))
+        .await;
+    assert_eq!(key_paths(&listed[0]), key_paths(&single.body));
+    assert!(listed[0]["properties"].get("instanceView").is_none());
+
+    // Power states: `statusOnly=true` on the subscription, `$expand=instanceView` on a group.
+    let power = |v: &Value| {
+        v["properties"]["instanceView"]["statuses"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s["code"].as_str())
+            .find(|c| c.starts_with("PowerState/"))
+            .map(str::to_string)
+    };
+    let (status, _) = all_pages(
+        &client,
+        "/subscriptions/subid/providers/Microsoft.Compute/virtualMachines?api-version=2025-11-01&statusOnly=true",
+    )
+    .await;
+    let states: Vec<(String, Option<String>)> = status
+        .iter()
+        .map(|v| (v["name"].as_str().unwrap().to_string(), power(v)))
+        .collect();
+    assert_eq!(
+        states,
+        [
+            (
+                "elsewhere".to_string(),
+                Some("PowerState/running".to_string())
+            ),
+            ("vm1".to_string(), Some("PowerState/running".to_string())),
+            (
+                "vm2".to_string(),
+                Some("PowerState/deallocated".to_string())
+            ),
+            ("vm3".to_string(), Some("PowerState/running".to_string())),
+        ]
+    );
+    let (expanded, _) = all_pages(
+        &client,
+        "/subscriptions/subid/resourceGroups/rg1/providers/Microsoft.Compute/virtualMachines?api-version=2025-11-01&%24expand=instanceView",
+    )
+    .await;
+    assert_eq!(
+        power(&expanded[1]).as_deref(),
+        Some("PowerState/deallocated")
+    );
+    assert!(expanded[1]["properties"]["networkProfile"].is_object());
+
+    // NICs, with the public IP that names them.
+    let (nics, _) = all_pages(
+        &client,
+        "/subscriptions/subid/providers/Microsoft.Network/networkInterfaces",
+    )
+    .await;
+    assert_eq!(nics.len(), 4);
+    let vm1_nic = nics
+        .iter()
+        .find(|n| n["id"] == vms[0].nic_id.as_str())
+        .unwrap();
+    assert_shape(
+        "list NICs",
+        &example_body(NIC_GET, "200"),
+        vm1_nic,
+        &[
+            "properties.ipConfigurations[].properties.privateIPAddressPrefixLength",
+            "properties.dscpConfiguration",
+        ],
+    );
+    let on_nic = |v: &Value| {
+        v["properties"]["ipConfigurations"][0]["properties"]["publicIPAddress"]["id"].clone()
+    };
+    let vm1_nic = nics
+        .iter()
+        .find(|n| n["id"] == vms[0].nic_id.as_str())
+        .unwrap();
+    assert_eq!(on_nic(vm1_nic), json!(pip));
+    assert_eq!(on_nic(&client.get(&vms[0].nic_id).await.body), json!(pip));
+
+    // NSGs: two per seeded VM, paged; a page is shaped like the example list.
+    let (nsgs, pages) = all_pages(
+        &client,
+        "/subscriptions/subid/providers/Microsoft.Network/networkSecurityGroups",
+    )
+    .await;
+    assert_eq!((nsgs.len(), pages), (8, 4));
+    let page = client
+        .get("/subscriptions/subid/providers/Microsoft.Network/networkSecurityGroups")
+        .await;
+    let mut example = example_body(NSG_LIST, "200");
+    example["nextLink"] = json!("https://…");
+    assert_shape("list NSGs (a page)", &example, &page.body, &[]);
+    assert_eq!(
+        nsgs.iter()
+            .find(|n| n["id"] == vms[0].subnet_nsg_id.as_str())
+            .unwrap()["properties"]["subnets"][0]["id"],
+        vms[0].subnet_id.as_str()
+    );
+
+    // Public IPs, firewalls and classic VMs, as stored.
+    let (pips, _) = all_pages(
+        &client,
+        "/subscriptions/subid/providers/Microsoft.Network/publicIPAddresses",
+    )
+    .await;
+    assert_eq!(pips.len(), 1);
+    assert_shape(
+        "list public IPs",
+        &fixture("network-2024-05-01__PublicIpAddressGet.json")["responses"]["200"]["body"],
+        &pips[0],
+        &[
+            // No DDoS protection plan and no IP tags on the seeded address.
+            "properties.ddosSettings.ddosProtectionPlan",
+            "properties.ipTags[]",
+        ],
+    );
+    assert_eq!(pips[0]["properties"]["ipAddress"], "203.0.113.10");
+    let fw = arm.seed_firewall(
+        RG,
+        "fw1",
+        "hub-vnet",
+        "10.100.0.0/26",
+        "10.100.0.4",
+        Some("fw-policy"),
+    );
+    let classic = arm.seed_firewall(RG, "fw2", "hub2-vnet", "10.101.0.0/26", "10.101.0.4", None);
+    let (fws, _) = all_pages(
+        &client,
+        "/subscriptions/subid/resourceGroups/rg1/providers/Microsoft.Network/azureFirewalls",
+    )
+    .await;
+    assert_eq!(fws.len(), 2);
+    assert_shape(
+        "list firewalls",
+        &fixture("network-2024-05-01__AzureFirewallGet.json")["responses"]["200"]["body"],
+        &fws[0],
+        &[
+            // Rule collections are the firewall helper's business; seeded firewalls have none.
+            "properties.applicationRuleCollections[]",
+            "properties.natRuleCollections[]",
+            "properties.networkRuleCollections[]",
+            "properties.ipConfigurations[].properties.publicIPAddress",
+            "properties.autoscaleConfiguration",
+            "tags.key1",
+        ],
+    );
+    let by_id = |id: &str| fws.iter().find(|f| f["id"] == id).unwrap().clone();
+    let policy = by_id(&fw)["properties"]["firewallPolicy"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(policy.ends_with("/providers/Microsoft.Network/firewallPolicies/fw-policy"));
+    assert_eq!(
+        client.get(&policy).await.body["properties"]["firewalls"][0]["id"],
+        fw.as_str()
+    );
+    assert!(
+        by_id(&classic)["properties"]
+            .get("firewallPolicy")
+            .is_none()
+    );
+    assert_eq!(client.get(&fw).await.body, by_id(&fw));
+
+    let old = arm.seed_classic_vm(RG, "legacy");
+    let (classics, _) = all_pages(
+        &client,
+        "/subscriptions/subid/providers/Microsoft.ClassicCompute/virtualMachines?api-version=2017-04-01",
+    )
+    .await;
+    assert_eq!(classics.len(), 1);
+    assert_eq!(classics[0]["id"], old.as_str());
+
+    // A resource group that holds nothing does not exist.
+    let missing = client
+        .get("/subscriptions/subid/resourceGroups/nope/providers/Microsoft.Compute/virtualMachines?api-version=2025-11-01")
+        .await;
+    assert_eq!(
+        (missing.status, missing.error_code()),
+        (404, Some("ResourceGroupNotFound"))
+    );
+    let bad = client
+        .get("/subscriptions/subid/providers/Microsoft.Network/networkInterfaces?api-version=2024-05-01&$skiptoken=x")
+        .await;
+    assert_eq!(bad.status, 400);
+}
+
 #[tokio::test]
 async fn ids_match_in_any_case_and_are_echoed_as_stored() {
     let arm = ArmEmulator::start().await;

@@ -7,6 +7,7 @@
 pub mod carve;
 pub mod desired;
 pub mod duration;
+pub mod exposure;
 pub mod model;
 pub mod plan;
 pub mod record;

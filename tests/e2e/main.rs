@@ -12,5 +12,6 @@ mod crd_schema;
 mod identity;
 mod leader;
 mod never_left_open;
+mod scan;
 mod stamp;
 mod webhook_server;

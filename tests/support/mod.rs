@@ -9,6 +9,7 @@ pub mod ec2_proxy;
 pub mod ip_echo;
 pub mod kube_helpers;
 pub mod kubectl_jit;
+pub mod moto;
 pub mod operator;
 pub mod process;
 pub mod tcp_proxy;

@@ -14,6 +14,7 @@
 
 mod convert;
 mod errors;
+pub mod scan;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;

@@ -238,7 +238,12 @@ impl ArmClient {
     }
 
     /// `{endpoint}{id}?api-version=…`.
-    fn url(&self, op: &'static str, id: &str, api_version: &str) -> Result<Url, CloudError> {
+    pub(crate) fn url(
+        &self,
+        op: &'static str,
+        id: &str,
+        api_version: &str,
+    ) -> Result<Url, CloudError> {
         if !id.starts_with('/') || id.contains(['?', '#']) {
             return Err(CloudError::Fatal {
                 op,
@@ -256,7 +261,7 @@ impl ArmClient {
 
     /// Sends one request, retrying throttled and passing failures; any 2xx answer is
     /// returned, any other is classified.
-    async fn call(
+    pub(crate) async fn call(
         &self,
         op: &'static str,
         id: &str,
@@ -382,7 +387,7 @@ impl ArmClient {
 
     /// Checks that a polling URL points at the endpoint: the bearer token must not be
     /// sent anywhere else.
-    fn poll_url(&self, op: &'static str, url: &str) -> Result<Url, CloudError> {
+    pub(crate) fn poll_url(&self, op: &'static str, url: &str) -> Result<Url, CloudError> {
         let parsed = Url::parse(url).map_err(|e| CloudError::Fatal {
             op,
             code: "InvalidPollingUrl".into(),

@@ -2,4 +2,7 @@
 
 pub mod arm;
 mod arm_error;
+pub mod list;
 pub mod nsg;
+pub mod scan;
+mod scan_shapes;

@@ -11,6 +11,7 @@ use serde_json::json;
 
 use super::errors::ArmError;
 use super::ids::{self, Route};
+use super::listing;
 use super::lro::{self, OpKind, Poll};
 use super::reads;
 use super::record::{Call, Injected};
@@ -64,6 +65,11 @@ fn answer(shared: &Shared, state: &mut State, request: &Incoming) -> Result<Repl
     let api_version = api_version(request.query.as_deref())?;
     if let Some(fault) = state.recorder.next_fault() {
         return Err(injected(fault, &request.path));
+    }
+    if request.method == Method::GET
+        && let Some(answer) = listing::get(shared, state, request)
+    {
+        return answer;
     }
     let route = ids::route(&request.path).ok_or_else(|| {
         ArmError::front_door(

@@ -94,7 +94,7 @@ impl ArmEmulator {
 
     /// The state, with operations that outlived `complete_after` completed first, so
     /// that reads through the handle see what a GET would.
-    fn state(&self) -> MutexGuard<'_, State> {
+    pub(crate) fn state(&self) -> MutexGuard<'_, State> {
         let mut state = self
             .shared
             .state
@@ -104,7 +104,7 @@ impl ArmEmulator {
         state
     }
 
-    fn scope(&self, resource_group: &str) -> Scope {
+    pub(crate) fn scope(&self, resource_group: &str) -> Scope {
         Scope {
             sub: self.subscription.clone(),
             rg: resource_group.to_string(),

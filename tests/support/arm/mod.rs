@@ -24,6 +24,7 @@ mod dispatch;
 mod emulator;
 mod errors;
 mod ids;
+mod listing;
 mod lro;
 mod options;
 mod preconditions;

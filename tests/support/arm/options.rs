@@ -58,6 +58,8 @@ pub struct ArmOptions {
     pub rule_limit: usize,
     /// How a write to a busy NSG is refused.
     pub busy: BusyAnswer,
+    /// Most items a list answer holds; more come through `nextLink`.
+    pub list_page_size: usize,
 }
 
 impl Default for ArmOptions {
@@ -70,6 +72,7 @@ impl Default for ArmOptions {
             retry_after_secs: 1,
             rule_limit: 1000,
             busy: BusyAnswer::Alternate,
+            list_page_size: 100,
         }
     }
 }

@@ -24,7 +24,7 @@ pub(crate) fn get(model: &Model, route: &Route) -> Result<Reply, ArmError> {
                 .nics
                 .get(&ids::key(&scope.id(NIC_TYPE, name)))
                 .ok_or_else(|| ArmError::resource_not_found(NIC_TYPE, name, &scope.rg))?;
-            render::nic(nic)
+            super::listing::decorate_nic(model, render::nic(nic))
         }
         Route::Subnet(scope, vnet, name) => {
             let vnet = model

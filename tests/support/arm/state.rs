@@ -134,6 +134,8 @@ pub(crate) struct Model {
     pub subnets: BTreeMap<String, Subnet>,
     pub nics: BTreeMap<String, Nic>,
     pub vms: BTreeMap<String, Vm>,
+    /// What only list operations need (public IPs, firewalls, power states, …).
+    pub extra: super::listing::Extra,
 }
 
 impl Model {
