@@ -46,6 +46,9 @@ Examples:
   # Which policies are there, and which may you use?
   kubectl jit policies
 
+  # Which VMs have management ports open to the internet, and no policy?
+  kubectl jit scan --aws-region eu-west-1 --azure-subscription <id>
+
 Exit codes: 0 success (the request is Active), 1 denied, failed or timed out, 2 usage.";
 
 /// Just-in-time access to the management ports (SSH, RDP, WinRM) of cloud VMs, through
@@ -97,6 +100,9 @@ pub enum Command {
     Revoke(revoke::RevokeArgs),
     /// List the policies, their targets and ports, and whether you may request them.
     Policies(policies::PoliciesArgs),
+    /// Find the VMs whose management ports are open to the internet and not governed by a
+    /// policy, and write policies for them (the same as `portcullis scan`).
+    Scan(crate::scan::ScanArgs),
 }
 
 /// Why a command did not succeed.
@@ -108,6 +114,9 @@ pub enum Error {
     /// Denied, failed, timed out (exit 1).
     #[error("{0}")]
     Failed(String),
+    /// A command that chose its own exit code (`scan`) and already said why.
+    #[error("exit code {0}")]
+    Exit(u8),
     /// The API server answered with an error, or could not be reached (exit 1).
     #[error("{context}: {}", kube_message(.source))]
     Kube {
@@ -125,6 +134,7 @@ impl Error {
         match self {
             Error::Usage(_) => EXIT_USAGE,
             Error::Failed(_) | Error::Kube { .. } => EXIT_FAILED,
+            Error::Exit(code) => *code,
         }
     }
 
@@ -152,6 +162,26 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
         Command::Ls(args) => ls::run(&global, args).await,
         Command::Revoke(args) => revoke::run(&global, args).await,
         Command::Policies(args) => policies::run(&global, args).await,
+        Command::Scan(args) => scan(&global, args).await,
+    }
+}
+
+/// `kubectl jit scan`: the scan with kubectl's options taken from the global ones (all
+/// namespaces unless `-n` was given).
+async fn scan(global: &Global, mut args: crate::scan::ScanArgs) -> Result<(), Error> {
+    args.cluster = crate::scan::ClusterArgs {
+        kubeconfig: global.kubeconfig.clone(),
+        context: global.context.clone(),
+        namespace: global.namespace.clone(),
+        output: match global.output {
+            Format::Text => crate::scan::Output::Table,
+            Format::Json => crate::scan::Output::Json,
+            Format::Yaml => crate::scan::Output::Yaml,
+        },
+    };
+    match crate::scan::run(args).await {
+        0 => Ok(()),
+        code => Err(Error::Exit(u8::try_from(code).unwrap_or(EXIT_FAILED))),
     }
 }
 
@@ -171,6 +201,7 @@ pub fn main() -> ExitCode {
     };
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::from(EXIT_OK),
+        Err(Error::Exit(code)) => ExitCode::from(code),
         Err(e) => {
             let palette = output::Palette::stderr();
             eprintln!("{} {e}", palette.bad("error:"));
