@@ -14,17 +14,17 @@ use crate::support::operator::Operator;
 use crate::support::testbed::{ADMIN, Testbed};
 
 /// One test's world: its namespace, its emulator and VM, its operator.
-struct AzWorld {
-    ns: String,
-    policies: Api<JitPolicy>,
-    requests: Api<AccessRequest>,
-    arm: ArmEmulator,
-    vm: SeededVm,
-    operator: Operator,
+pub(crate) struct AzWorld {
+    pub(crate) ns: String,
+    pub(crate) policies: Api<JitPolicy>,
+    pub(crate) requests: Api<AccessRequest>,
+    pub(crate) arm: ArmEmulator,
+    pub(crate) vm: SeededVm,
+    pub(crate) operator: Operator,
 }
 
 /// What an NSG's rules say, without what changes on every write (etag, state).
-fn summary(rules: &[Value]) -> Vec<(String, u64, String, String, String, String)> {
+pub(crate) fn summary(rules: &[Value]) -> Vec<(String, u64, String, String, String, String)> {
     let mut v: Vec<_> = rules
         .iter()
         .map(|r| {
@@ -50,7 +50,7 @@ fn summary(rules: &[Value]) -> Vec<(String, u64, String, String, String, String)
 }
 
 impl AzWorld {
-    async fn new(prefix: &str, options: ArmOptions, webhook: bool) -> AzWorld {
+    pub(crate) async fn new(prefix: &str, options: ArmOptions, webhook: bool) -> AzWorld {
         let tb = Testbed::shared();
         tb.install_crds().expect("CRDs install");
         let client = tb.client(ADMIN).await;
@@ -91,7 +91,7 @@ impl AzWorld {
         }
     }
 
-    async fn create_policy(&self) {
+    pub(crate) async fn create_policy(&self) {
         let yaml = format!(
             "apiVersion: jit.portcullis.dev/v1alpha1\nkind: JitPolicy\nmetadata: {{name: jit}}\nspec:\n  targets:\n    - name: vm1\n      azure: {{vmId: {}}}\n  ports:\n    - {{port: 22, protocol: TCP, allowedSourcePrefixes: [\"203.0.113.0/24\"], maxDuration: 1h}}\n",
             self.vm.vm_id
@@ -103,7 +103,7 @@ impl AzWorld {
             .unwrap();
     }
 
-    async fn ready(&self) -> JitPolicy {
+    pub(crate) async fn ready(&self) -> JitPolicy {
         eventually("policy jit Ready", MINUTE, || async {
             let p = self.policies.get("jit").await.ok()?;
             let s = p.status.as_ref()?;
@@ -114,7 +114,7 @@ impl AzWorld {
         .await
     }
 
-    async fn create_request(&self, name: &str, source: &str, duration: &str) {
+    pub(crate) async fn create_request(&self, name: &str, source: &str, duration: &str) {
         let yaml = format!(
             "apiVersion: jit.portcullis.dev/v1alpha1\nkind: AccessRequest\nmetadata: {{name: {name}}}\nspec:\n  policyRef: {{name: jit}}\n  target: vm1\n  ports:\n    - {{port: 22, sourcePrefix: {source}, duration: {duration}}}\n  justification: azure end-to-end test\n"
         );
@@ -125,7 +125,7 @@ impl AzWorld {
             .unwrap();
     }
 
-    async fn phase(&self, name: &str, phase: Phase) -> AccessRequest {
+    pub(crate) async fn phase(&self, name: &str, phase: Phase) -> AccessRequest {
         eventually(&format!("request {name} {phase:?}"), MINUTE, || async {
             let r = self.requests.get(name).await.ok()?;
             (r.status.as_ref()?.phase == Some(phase)).then_some(r)
@@ -134,7 +134,7 @@ impl AzWorld {
     }
 
     /// Owned rules of one NSG, by access.
-    fn owned(&self, nsg: &str, access: &str) -> Vec<Value> {
+    pub(crate) fn owned(&self, nsg: &str, access: &str) -> Vec<Value> {
         self.arm
             .rules(nsg)
             .into_iter()
@@ -147,11 +147,11 @@ impl AzWorld {
             .collect()
     }
 
-    fn nsgs(&self) -> [String; 2] {
+    pub(crate) fn nsgs(&self) -> [String; 2] {
         [self.vm.nic_nsg_id.clone(), self.vm.subnet_nsg_id.clone()]
     }
 
-    async fn wait_allows(&self, what: &str, n: usize) {
+    pub(crate) async fn wait_allows(&self, what: &str, n: usize) {
         eventually(what, MINUTE, || async {
             self.nsgs()
                 .iter()
