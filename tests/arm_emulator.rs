@@ -1166,6 +1166,11 @@ async fn invalid_rules_are_refused_naming_the_field() {
             "SecurityRuleInvalidAddressPrefix",
             "Address prefix",
         ),
+        (
+            with("sourceAddressPrefix", json!("2001:db8::/64")),
+            "ResourceCannotContainAddressPrefixesFromDifferentAddressFamilies",
+            "different address families",
+        ),
     ];
     for (body, code, field) in cases {
         let refused = client.put(&path, &body).await;

@@ -440,12 +440,16 @@ async fn aws_drift_is_healed_both_ways() {
         .unwrap();
     w.wait_owned_rules("the owned rule put back", 1).await;
 
-    let p = eventually("drift counted", MINUTE, || async {
+    eventually("drift counted", MINUTE, || async {
         let p = w.policies.get("jit").await.ok()?;
         (p.status.as_ref()?.targets.first()?.drift_corrections >= 2).then_some(p)
     })
     .await;
-    assert!(p.status.unwrap().targets[0].drift_corrections >= 2);
+    // Exactly the two corrections (the reopened port, the deleted grant): more runs do
+    // not count them again.
+    w.operator.wait_for_runs(2).await;
+    let p = w.policies.get("jit").await.unwrap();
+    assert_eq!(p.status.unwrap().targets[0].drift_corrections, 2);
 }
 
 #[tokio::test]
@@ -538,8 +542,8 @@ async fn aws_invalid_requests_are_denied_without_cloud_writes() {
     let w = World::new_with("aws-deny", Faults::None, false).await;
     w.create_policy("jit").await;
     w.ready_policy("jit").await;
-    // Let the first resync pass, then watch every call from now on.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Let a run pass after Ready, then watch every call from now on.
+    w.operator.wait_for_runs(1).await;
     w.proxy.clear();
     let cases = [
         (
@@ -572,7 +576,7 @@ async fn aws_invalid_requests_are_denied_without_cloud_writes() {
         let msg = r.status.unwrap().message.unwrap_or_default();
         assert!(msg.contains(field), "{name}: {msg}");
     }
-    tokio::time::sleep(Duration::from_secs(3)).await; // a full resync more
+    w.operator.wait_for_runs(2).await; // a resync run after the denials
     assert_eq!(
         w.proxy.writes(),
         Vec::<String>::new(),

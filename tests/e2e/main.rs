@@ -13,6 +13,7 @@ mod crd_schema;
 mod identity;
 mod leader;
 mod never_left_open;
+mod on_time;
 mod scan;
 mod stamp;
 mod webhook_server;

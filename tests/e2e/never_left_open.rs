@@ -496,7 +496,7 @@ async fn a_slow_target_delays_no_other_targets_expiry() {
 /// Issue 8, item 5: the sweeper goes on past a region it may not read.
 #[tokio::test]
 async fn the_sweeper_goes_on_past_a_forbidden_region() {
-    let w = World::new_with_args(
+    let mut w = World::new_with_args(
         "sweep-on",
         Faults::None,
         true,
@@ -559,6 +559,9 @@ async fn the_sweeper_goes_on_past_a_forbidden_region() {
         .send()
         .await
         .unwrap();
+    // A restart sweeps first thing, with the region refused from the start.
+    w.operator.kill();
+    w.operator.restart();
     eventually("the leftover swept", MINUTE, || async {
         let out = w
             .ec2

@@ -79,7 +79,10 @@ where
             return v;
         }
         if start.elapsed() > timeout {
-            panic!("timed out after {timeout:?} waiting for {what}");
+            panic!(
+                "timed out after {timeout:?} waiting for {what}\n{}",
+                super::process::watched_logs(40)
+            );
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }

@@ -155,6 +155,7 @@ impl Operator {
         let mut cmd = Command::new(binary());
         cmd.args(&self.args)
             .envs(self.envs.iter().map(|(k, v)| (k, v)));
+        super::process::watch_log("portcullis", &log);
         self.child = Some(spawn_bound(&mut cmd, &log).expect("start portcullis"));
     }
 
@@ -200,6 +201,35 @@ impl Operator {
 impl Drop for Operator {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+impl Operator {
+    /// How many target runs the operator has finished (its `/metrics`).
+    pub async fn target_runs(&self) -> f64 {
+        let metrics = http_get(&format!("{}/metrics", self.metrics_url))
+            .await
+            .map(|(_, body)| body)
+            .unwrap_or_default();
+        metrics
+            .lines()
+            .filter(|l| {
+                l.starts_with("portcullis_reconciles_total") && l.contains("resource=\"target\"")
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// Waits until `n` more target runs than now have finished: a check of "nothing
+    /// happened" waits for runs that could have done something, not for a fixed time.
+    pub async fn wait_for_runs(&self, n: u32) {
+        let start = self.target_runs().await;
+        super::kube_helpers::eventually(
+            &format!("{n} more target runs"),
+            std::time::Duration::from_secs(60),
+            || async { (self.target_runs().await >= start + f64::from(n)).then_some(()) },
+        )
+        .await;
     }
 }
 

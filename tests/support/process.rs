@@ -50,6 +50,35 @@ pub fn wait_for_port(what: &str, port: u16, timeout: Duration, log: &Path) -> Re
     ))
 }
 
+thread_local! {
+    /// The logs of the processes this test started (each `#[tokio::test]` runs on its own
+    /// thread), printed when one of its waits times out.
+    static LOGS: std::cell::RefCell<Vec<(String, std::path::PathBuf)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Remembers `log` as the log of `what`, to print when a wait of this test times out.
+pub fn watch_log(what: &str, log: &Path) {
+    LOGS.with(|l| l.borrow_mut().push((what.to_string(), log.to_path_buf())));
+}
+
+/// The tails of the logs this test's processes wrote (see [`watch_log`]).
+pub fn watched_logs(lines: usize) -> String {
+    LOGS.with(|l| {
+        l.borrow()
+            .iter()
+            .map(|(what, log)| {
+                format!(
+                    "--- {what} ({}), last {lines} lines:\n{}",
+                    log.display(),
+                    log_tail(log, lines)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    })
+}
+
 /// The last `lines` lines of a log file.
 pub fn log_tail(log: &Path, lines: usize) -> String {
     let text = std::fs::read_to_string(log).unwrap_or_default();

@@ -24,8 +24,9 @@ use tracing::{Instrument, info_span};
 use super::Context;
 use crate::api::JitPolicy;
 use crate::api::policy::BaselineState;
-use crate::cloud::{CloudError, Resolved};
-use crate::domain::TargetKey;
+use crate::cloud::{CloudError, Observation, Resolved};
+use crate::domain::desired::close_lead;
+use crate::domain::{Change, Locator, OwnedRule, Plan, TargetKey};
 
 pub use run::Memory;
 
@@ -188,6 +189,7 @@ async fn live(
 ) {
     let mut memory = Memory::default();
     let mut failures = 0u32;
+    let mut snapshot: Option<(Locator, Observation)> = None;
     loop {
         triggered.store(false, Ordering::SeqCst);
         let result = {
@@ -195,8 +197,26 @@ async fn live(
                 .acquire()
                 .await
                 .expect("the semaphore is never closed");
-            run::run(&ctx, &key, &mut memory).await
+            let run = run::run(&ctx, &key, &mut memory);
+            tokio::pin!(run);
+            // A grant that comes due while the run reads or writes is closed meanwhile,
+            // by the ids the last run saw: its expiry waits for nothing.
+            loop {
+                let due = snapshot
+                    .as_ref()
+                    .and_then(|(l, o)| next_close(l, o, ctx.now()));
+                tokio::select! {
+                    r = &mut run => break r,
+                    _ = tokio::time::sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => {
+                        if let Some((locator, obs)) = snapshot.take() {
+                            let left = close_due(&ctx, &key, &locator, obs).await;
+                            snapshot = Some((locator, left));
+                        }
+                    }
+                }
+            }
         };
+        snapshot = memory.snapshot();
         let next = match result {
             Ok((outcome, next)) => {
                 failures = if outcome.trouble.is_some() {
@@ -232,6 +252,53 @@ async fn live(
             }
         }
     }
+}
+
+/// When the next grant rule in `obs` must be gone (its stamp's expiry, less the cloud's
+/// close lead).
+fn next_close(locator: &Locator, obs: &Observation, now: Timestamp) -> Option<Instant> {
+    let lead = close_lead(locator);
+    let at = obs
+        .observed
+        .owned
+        .iter()
+        .filter(|r| r.grant().is_some())
+        .filter_map(|r| r.stamp.expires_at)
+        .map(|t| t - lead)
+        .min()?;
+    let until = Duration::try_from(at.duration_since(now)).unwrap_or(Duration::ZERO);
+    Some(Instant::now() + until)
+}
+
+/// Deletes the grant rules of `obs` whose time is up; `obs` without them.
+async fn close_due(
+    ctx: &Context,
+    key: &TargetKey,
+    locator: &Locator,
+    obs: Observation,
+) -> Observation {
+    let lead = close_lead(locator);
+    let now = ctx.now();
+    let (due, kept): (Vec<OwnedRule>, Vec<OwnedRule>) =
+        obs.observed.owned.iter().cloned().partition(|r| {
+            r.grant().is_some() && r.stamp.expires_at.is_some_and(|t| t - lead <= now)
+        });
+    if due.is_empty() {
+        return obs;
+    }
+    if let Ok(backend) = ctx.backends.for_locator(locator) {
+        tracing::info!(closing = due.len(), "closing grants on time");
+        let plan = Plan {
+            changes: due.into_iter().map(Change::DeleteOwned).collect(),
+            blocked: Vec::new(),
+        };
+        if let Err(e) = backend.apply(key, locator, &obs, &plan).await {
+            tracing::warn!(error = %e, "closing on time failed; the run retries");
+        }
+    }
+    let mut obs = obs;
+    obs.observed.owned = kept;
+    obs
 }
 
 /// Exponential backoff with jitter, from one second up to the resync.

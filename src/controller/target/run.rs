@@ -43,11 +43,20 @@ pub struct Memory {
     /// target's owned rules, so their ids here are current: a grant that must close is
     /// deleted by these ids at once, before anything is read.
     last_seen: Option<Observation>,
+    /// Where the target the last run looked at lives.
+    last_locator: Option<Locator>,
     /// What the last run saw open, to tell drift from new work.
     active_before: BTreeSet<(ObjectKey, PortSpec)>,
     baseline_enforced_before: bool,
     drift_total: Option<i64>,
     last_converge_time: Option<Timestamp>,
+}
+
+impl Memory {
+    /// What the last run saw, for closing grants on time while the next run is busy.
+    pub(super) fn snapshot(&self) -> Option<(Locator, Observation)> {
+        Some((self.last_locator.clone()?, self.last_seen.clone()?))
+    }
 }
 
 /// Runs the target once; the outcome for the policy's status and when to run next.
@@ -178,6 +187,7 @@ async fn run_steps(
             records::write(&api, &ctx.stamp_key, &policy, &key.target, Some(&recorded)).await?;
             mem.record = Some(Some(recorded.clone()));
         }
+        drop_expired_opens(&mut plan, &locator, ctx.now());
         announce_revocations(ctx, &policy, key, &plan).await;
         drift = count_drift(mem, &plan);
         info!(changes = plan.changes.len(), drift, "applying plan");
@@ -242,6 +252,7 @@ async fn run_steps(
     settle::settle(ctx, key, &decision, &gathered, &found, mem).await;
 
     mem.last_seen = report.verified.clone();
+    mem.last_locator = Some(locator.clone());
 
     // Done with a cleanup: forget the target.
     let clean = report.verified.as_ref().is_some_and(|v| {
@@ -306,6 +317,18 @@ async fn settle_unobserved(
         blocked: &[],
     };
     settle::settle(ctx, key, decision, gathered, &found, mem).await;
+}
+
+/// Drops creates and restamps of grants whose time ran out while the run was reading:
+/// what was decided a moment ago must not open anything after its expiry.
+fn drop_expired_opens(plan: &mut Plan, locator: &Locator, now: Timestamp) {
+    let lead = crate::domain::desired::close_lead(locator);
+    plan.changes.retain(|c| match c {
+        Change::CreateGrant { grant, .. } | Change::Restamp { grant, .. } => {
+            grant.expires_at - lead > now
+        }
+        _ => true,
+    });
 }
 
 /// Closes the grants that must close by the rule ids the last run saw, before reading

@@ -174,6 +174,32 @@ pub(crate) fn validate_rule(
             ));
         }
     }
+    // ARM refuses a rule whose addresses (source and destination together) mix IPv4 and
+    // IPv6.
+    let families: std::collections::BTreeSet<bool> = ["source", "destination"]
+        .iter()
+        .flat_map(|side| {
+            values(
+                &props,
+                &format!("{side}AddressPrefix"),
+                &format!("{side}AddressPrefixes"),
+            )
+        })
+        .filter_map(|p| {
+            p.parse::<IpAddr>()
+                .map(|a| a.is_ipv4())
+                .or_else(|_| p.parse::<IpNet>().map(|n| matches!(n, IpNet::V4(_))))
+                .ok()
+        })
+        .collect();
+    if families.len() > 1 {
+        return Err(ArmError::bad_request(
+            "ResourceCannotContainAddressPrefixesFromDifferentAddressFamilies",
+            format!(
+                "Resource {rule_id} contains IP addresses or prefixes that belong to different address families. All IP addresses or prefixes in the resource should belong to the same address family."
+            ),
+        ));
+    }
     Ok(props)
 }
 
