@@ -22,6 +22,9 @@ const DEADLINE: Duration = Duration::from_secs(2);
 /// seconds and polls are 100 ms apart.
 const EARLY_TOLERANCE: Duration = Duration::from_millis(300);
 
+/// What an EC2 rule says: protocol, ports, source, description.
+type RuleSummary = (String, Option<i32>, Option<i32>, Option<String>, String);
+
 fn instant_of(t: &jiff::Timestamp) -> Instant {
     let left = t.duration_since(jiff::Timestamp::now());
     let now = Instant::now();
@@ -88,20 +91,19 @@ async fn aws_grants_close_on_time_with_the_production_resync() {
     // Exactly what was asked: tcp 22 from each source, stamped with its request and its
     // expiry, in this installation's group attached to the VM's ENI, and nothing else.
     let group = w.owned_group().await.unwrap();
-    let mut rules: Vec<(String, Option<i32>, Option<i32>, Option<String>, String)> =
-        aws::ingress(&w.ec2, &group)
-            .await
-            .iter()
-            .map(|r| {
-                (
-                    r.ip_protocol().unwrap().to_string(),
-                    r.from_port(),
-                    r.to_port(),
-                    r.cidr_ipv4().map(str::to_string),
-                    r.description().unwrap().to_string(),
-                )
-            })
-            .collect();
+    let mut rules: Vec<RuleSummary> = aws::ingress(&w.ec2, &group)
+        .await
+        .iter()
+        .map(|r| {
+            (
+                r.ip_protocol().unwrap().to_string(),
+                r.from_port(),
+                r.to_port(),
+                r.cidr_ipv4().map(str::to_string),
+                r.description().unwrap().to_string(),
+            )
+        })
+        .collect();
     rules.sort();
     let stamp = |name: &str, r: &AccessRequest| {
         portcullis::domain::stamp::format(
