@@ -10,8 +10,8 @@ pub mod policy;
 pub mod request;
 
 pub use policy::{
-    AwsTarget, AzureFirewall, AzureTarget, JitPolicy, JitPolicySpec, JitPolicyStatus, PolicyPort,
-    PriorityBand, PriorityBands, Protocol, Target, TargetCloud,
+    AwsTarget, AzureFirewall, AzureTarget, FirewallPriorityBand, JitPolicy, JitPolicySpec,
+    JitPolicyStatus, PolicyPort, PriorityBand, PriorityBands, Protocol, Target, TargetCloud,
 };
 pub use request::{
     AccessRequest, AccessRequestSpec, AccessRequestStatus, ConnectionDetails, Phase, PolicyRef,

@@ -6,6 +6,7 @@
 
 pub mod desired;
 pub mod duration;
+pub mod firewall;
 pub mod model;
 pub mod plan;
 pub mod requester;
