@@ -6,6 +6,9 @@
 #[path = "support/mod.rs"]
 mod support;
 
+#[path = "arm_emulator/firewall.rs"]
+mod firewall;
+
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;

@@ -33,7 +33,7 @@ pub struct ArmEmulator {
     pub token: String,
     /// Subscription of the resources seeded through this handle.
     pub subscription: String,
-    shared: Arc<Shared>,
+    pub(super) shared: Arc<Shared>,
 }
 
 /// Ids of a VM seeded with its network by [`ArmEmulator::seed_vm_with_network`].
@@ -94,7 +94,7 @@ impl ArmEmulator {
 
     /// The state, with operations that outlived `complete_after` completed first, so
     /// that reads through the handle see what a GET would.
-    fn state(&self) -> MutexGuard<'_, State> {
+    pub(super) fn state(&self) -> MutexGuard<'_, State> {
         let mut state = self
             .shared
             .state
@@ -104,7 +104,7 @@ impl ArmEmulator {
         state
     }
 
-    fn scope(&self, resource_group: &str) -> Scope {
+    pub(super) fn scope(&self, resource_group: &str) -> Scope {
         Scope {
             sub: self.subscription.clone(),
             rg: resource_group.to_string(),

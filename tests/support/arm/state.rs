@@ -134,6 +134,7 @@ pub(crate) struct Model {
     pub subnets: BTreeMap<String, Subnet>,
     pub nics: BTreeMap<String, Nic>,
     pub vms: BTreeMap<String, Vm>,
+    pub firewalls: BTreeMap<String, super::firewall::Firewall>,
 }
 
 impl Model {
