@@ -61,6 +61,7 @@ fn code(e: &CloudError) -> &str {
         | CloudError::Retryable { code, .. }
         | CloudError::NotFound { code, .. }
         | CloudError::Limit { code, .. }
+        | CloudError::Unsupported { code, .. }
         | CloudError::Fatal { code, .. } => code,
     }
 }

@@ -47,6 +47,17 @@ pub enum CloudError {
         /// What to do about it.
         message: String,
     },
+    /// The resource is of a kind Portcullis does not govern (e.g. an Azure Firewall
+    /// managed by Firewall Manager); nothing was written to it.
+    #[error("{message}")]
+    Unsupported {
+        /// What is unsupported.
+        what: String,
+        /// A short code for the reason.
+        code: String,
+        /// Why, for people.
+        message: String,
+    },
     /// Anything else: retrying will not help until something changes.
     #[error("{op}: {code}: {message}")]
     Fatal {
@@ -67,6 +78,7 @@ impl CloudError {
             CloudError::Retryable { .. } => "retryable",
             CloudError::NotFound { .. } => "not_found",
             CloudError::Limit { .. } => "limit",
+            CloudError::Unsupported { .. } => "unsupported",
             CloudError::Fatal { .. } => "fatal",
         }
     }

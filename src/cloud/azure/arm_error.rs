@@ -225,6 +225,7 @@ mod tests {
             | CloudError::Retryable { code, .. }
             | CloudError::NotFound { code, .. }
             | CloudError::Limit { code, .. }
+            | CloudError::Unsupported { code, .. }
             | CloudError::Fatal { code, .. } => code,
         }
     }

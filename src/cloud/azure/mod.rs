@@ -2,4 +2,6 @@
 
 pub mod arm;
 mod arm_error;
+pub mod firewall;
+pub mod firewall_json;
 pub mod nsg;
