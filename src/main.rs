@@ -47,10 +47,15 @@ struct RunArgs {
     /// AWS regions the sweeper always looks in, besides those of current policies.
     #[arg(long = "aws-region", value_delimiter = ',')]
     aws_regions: Vec<String>,
-    /// Names this installation in the cloud tags of what it creates; installations that
-    /// share a cloud account must use different names.
-    #[arg(long, default_value = "default", env = "PORTCULLIS_CLUSTER_NAME")]
-    cluster_name: String,
+    /// Names this installation in the tags and stamps of what it creates in the clouds;
+    /// each installation touches only its own. Default: derived from the cluster's
+    /// kube-system namespace uid and --namespace, so that two clusters, or two
+    /// namespace-scoped installations in one cluster, never share a name.
+    #[arg(long, env = "PORTCULLIS_CLUSTER_NAME")]
+    cluster_name: Option<String>,
+    /// How many targets may talk to the clouds at the same time.
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
     /// Where to serve /metrics, /healthz and /readyz.
     #[arg(long, default_value = "0.0.0.0:8080")]
     metrics_listen: SocketAddr,
@@ -136,13 +141,18 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
         None => kube::Client::try_default().await?,
     };
-    let aws = portcullis::cloud::aws::AwsBackend::from_env(&args.cluster_name).await;
+    let cluster = match &args.cluster_name {
+        Some(name) => name.clone(),
+        None => controller::default_cluster_name(&client, args.namespace.as_deref()).await?,
+    };
+    tracing::info!(%cluster, "this installation's name in the clouds");
+    let aws = portcullis::cloud::aws::AwsBackend::from_env(&cluster).await;
     // Azure is on when ARM is reachable with some credential; targets on a disabled cloud
     // get the condition Unsupported with the reason.
     let azure: Option<Arc<dyn portcullis::cloud::Backend>> =
         match portcullis::cloud::azure::arm::ArmClient::from_env() {
             Ok(arm) => Some(Arc::new(
-                portcullis::cloud::azure::nsg::AzureNsgBackend::new(arm),
+                portcullis::cloud::azure::nsg::AzureNsgBackend::new(arm, &cluster),
             )),
             Err(e) => {
                 tracing::warn!(error = %e, "the Azure backend is disabled");
@@ -159,6 +169,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         aws_regions: args.aws_regions.clone(),
         reporter: "portcullis".into(),
         finished_ttl: (!args.finished_ttl.is_zero()).then_some(args.finished_ttl),
+        concurrency: args.concurrency,
     };
     let ready = portcullis::http::Readiness::default();
     let http = tokio::spawn(portcullis::http::serve(args.metrics_listen, ready.clone()));

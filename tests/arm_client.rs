@@ -56,14 +56,7 @@ fn rule_id(nsg_id: &str, name: &str) -> String {
 }
 
 fn code(e: &CloudError) -> &str {
-    match e {
-        CloudError::Throttled { code, .. }
-        | CloudError::Retryable { code, .. }
-        | CloudError::NotFound { code, .. }
-        | CloudError::Limit { code, .. }
-        | CloudError::Unsupported { code, .. }
-        | CloudError::Fatal { code, .. } => code,
-    }
+    e.code()
 }
 
 /// The `cloud_api_calls` counter of this process for `op` and `outcome`.

@@ -62,19 +62,28 @@ fn now() -> Timestamp {
 }
 
 fn grant(request: &str, source: &str, secs: i64) -> Grant {
+    grant_from(now(), request, source, secs)
+}
+
+/// A grant of SSH from `source` that ends `secs` after `t0` (on a whole second).
+fn grant_from(t0: Timestamp, request: &str, source: &str, secs: i64) -> Grant {
     Grant {
         request: ObjectKey::new("team-a", request),
         port: ssh(),
         source: source.parse().unwrap(),
-        expires_at: Timestamp::from_second(now().as_second() + secs).unwrap(),
+        expires_at: Timestamp::from_second(t0.as_second() + secs).unwrap(),
     }
 }
 
 fn desired(firewall: &str, grants: Vec<Grant>) -> FirewallDesired {
+    desired_at(now(), firewall, grants)
+}
+
+fn desired_at(now: Timestamp, firewall: &str, grants: Vec<Grant>) -> FirewallDesired {
     FirewallDesired {
         firewall: firewall.into(),
         cluster: "prod".into(),
-        now: now(),
+        now,
         targets: vec![FirewallTarget {
             key: key(),
             settings: FirewallSettings {
@@ -412,23 +421,25 @@ async fn the_sweep_removes_expired_and_orphaned_rules_only() {
         let arm = ArmEmulator::start().await;
         let fw = seed(&arm, json!({}));
         let before = foreign(&arm, &fw);
-        let keep = grant("keep", "203.0.113.7/32", 600);
-        let gone = grant("gone", "203.0.113.8/32", 600);
-        let short = grant("short", "203.0.113.9/32", 1);
-        reconcile_firewall(
+        // Time is an input: the sweep runs "later" without waiting for it.
+        let t0 = now();
+        let keep = grant_from(t0, "keep", "203.0.113.7/32", 600);
+        let gone = grant_from(t0, "gone", "203.0.113.8/32", 600);
+        let short = grant_from(t0, "short", "203.0.113.9/32", 1);
+        let opened = reconcile_firewall(
             &client(&arm),
-            &desired(&fw, vec![keep.clone(), gone, short]),
+            &desired_at(t0, &fw, vec![keep.clone(), gone, short]),
         )
         .await
         .unwrap();
-        tokio::time::sleep(Duration::from_millis(1100)).await;
+        assert_eq!(opened.connections.len(), 3);
         let live = Live {
             requests: ["team-a/keep", "team-a/short"].map(String::from).into(),
             policies: ["team-a/jump".to_string()].into(),
             targets: [target_id(&key())].into(),
             ..Live::default()
         };
-        let later = now() + SignedDuration::from_secs(1);
+        let later = t0 + SignedDuration::from_secs(2);
 
         let report = sweep_firewall(&client(&arm), &fw, "prod", later, &live)
             .await

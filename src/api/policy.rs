@@ -34,6 +34,31 @@ pub struct JitPolicySpec {
     /// Azure only: where owned allow and deny rules go. Defaults apply when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority_bands: Option<PriorityBands>,
+    /// AWS only: how the baseline treats security groups it shares with other instances.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aws: Option<AwsOptions>,
+}
+
+/// AWS options of a policy.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AwsOptions {
+    /// What the baseline does in a security group that instances outside the policy also
+    /// use: `Conflict` (the default) leaves the group alone and reports the condition
+    /// `Conflict` naming the group and the other instances; `Revoke` revokes anyway, which
+    /// closes the port on those instances too.
+    #[serde(default)]
+    pub shared_groups: SharedGroupsMode,
+}
+
+/// See [`AwsOptions::shared_groups`].
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum SharedGroupsMode {
+    /// Leave shared groups alone and report a conflict.
+    #[default]
+    Conflict,
+    /// Revoke in shared groups too.
+    Revoke,
 }
 
 /// One protected VM, named for requests, on exactly one cloud.
@@ -186,9 +211,27 @@ pub struct JitPolicyStatus {
     /// `Ready`, `Reconciling`, `Stalled` (kstatus) and `Conflict`, `Unsupported`, `Degraded`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
-    /// Per target: what was resolved and the state of its baseline.
+    /// Per target: what was resolved and the state of its baseline. Targets removed from
+    /// the spec stay here until what the operator did to them is undone.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub targets: Vec<TargetStatus>,
+}
+
+/// Where a target's baseline stands.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum BaselineState {
+    /// Every governed port is closed.
+    Enforced,
+    /// Nothing is governed any more (the policy or the target is going): what the
+    /// baseline changed is undone.
+    Lifted,
+    /// Not there yet.
+    Pending,
+    /// Foreign rules or limits keep part of it from being placed (see `message`).
+    Conflict,
+    /// The cloud refused; the operator retries (see `message`).
+    Failed,
 }
 
 /// What was resolved for one target and the state of its baseline.
@@ -218,18 +261,41 @@ pub struct TargetStatus {
     /// AWS: the operator-owned security groups that carry grants.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub owned_security_group_ids: Vec<String>,
-    /// `Enforced` when every policy port is closed by the baseline, else `Pending` or `Failed`.
+    /// Where the baseline stands.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub baseline: Option<String>,
-    /// AWS: the ingress rules the baseline revoked, recorded exactly so they can be restored.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub revoked_rules: Vec<RevokedRule>,
-    /// When the cloud state last matched the desired state.
+    pub baseline: Option<BaselineState>,
+    /// What stands in the way, when something does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// When the operator last changed the cloud to match (and saw it match).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_converge_time: Option<Time>,
     /// How many drifted rules were corrected since the operator started watching.
     #[serde(default)]
     pub drift_corrections: i64,
+    /// The operator's own memory of the target, signed (written by the field manager
+    /// `portcullis-records` before the operator first changes the target).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub record: Option<TargetRecord>,
+}
+
+/// What the operator must remember about a target to undo what it did there, even after
+/// the target left the spec or the policy is deleted. Signed with the operator's key: a
+/// record someone else wrote or changed is ignored (and reported), never acted on.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TargetRecord {
+    /// Where the target lives, as the operator first touched it.
+    #[serde(flatten)]
+    pub cloud: TargetCloud,
+    /// Azure: the NSGs the operator has written to for this target.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nsg_ids: Vec<String>,
+    /// AWS: the ingress rules the baseline revoked, recorded exactly so they can be restored.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub revoked_rules: Vec<RevokedRule>,
+    /// HMAC-SHA256 over the policy's uid, the target and everything above, base64url.
+    pub signature: String,
 }
 
 /// An AWS ingress rule the baseline revoked: enough to restore it exactly.

@@ -130,12 +130,16 @@ pub struct AccessRequestStatus {
     /// Who asked, as the API server authenticated them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requester: Option<Requester>,
-    /// When the ports were opened.
+    /// When the ports were first seen open (for people; expiry counts from creation).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub granted_at: Option<Time>,
-    /// When the last port closes.
+    /// When the last port closes: each port's duration after the request was created.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<Time>,
+    /// When the request reached a final phase (Expired, Revoked, Denied, Failed); finished
+    /// requests are deleted a while after it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<Time>,
     /// Per requested port: its state, why it closed, the cloud rules that carry it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<PortStatus>,

@@ -58,6 +58,29 @@ pub enum CloudError {
         /// Why, for people.
         message: String,
     },
+    /// The credentials are missing, wrong, expired or lack a permission: a person must
+    /// fix the operator's identity; retried only at the slow resync pace.
+    #[error("{op}: not authorized ({code}): {message}")]
+    Unauthorized {
+        /// The API operation.
+        op: &'static str,
+        /// The cloud's error code.
+        code: String,
+        /// The cloud's message.
+        message: String,
+    },
+    /// Something outside the operator holds on to what it must change (e.g. EC2's
+    /// `DependencyViolation`: a group still referenced elsewhere): retried at the slow
+    /// resync pace and reported, not hammered.
+    #[error("{op}: in use ({code}): {message}")]
+    InUse {
+        /// The API operation.
+        op: &'static str,
+        /// The cloud's error code.
+        code: String,
+        /// What holds on to it.
+        message: String,
+    },
     /// Anything else: retrying will not help until something changes.
     #[error("{op}: {code}: {message}")]
     Fatal {
@@ -79,7 +102,23 @@ impl CloudError {
             CloudError::NotFound { .. } => "not_found",
             CloudError::Limit { .. } => "limit",
             CloudError::Unsupported { .. } => "unsupported",
+            CloudError::Unauthorized { .. } => "unauthorized",
+            CloudError::InUse { .. } => "in_use",
             CloudError::Fatal { .. } => "fatal",
+        }
+    }
+
+    /// The cloud's error code.
+    pub fn code(&self) -> &str {
+        match self {
+            CloudError::Throttled { code, .. }
+            | CloudError::Retryable { code, .. }
+            | CloudError::NotFound { code, .. }
+            | CloudError::Limit { code, .. }
+            | CloudError::Unsupported { code, .. }
+            | CloudError::Unauthorized { code, .. }
+            | CloudError::InUse { code, .. }
+            | CloudError::Fatal { code, .. } => code,
         }
     }
 

@@ -2,10 +2,10 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
-use crate::api::policy::RevokedRule;
+use crate::api::policy::{AwsTarget, AzureFirewall, AzureTarget, RevokedRule, TargetCloud};
 use crate::api::{AccessRequestStatus, Phase, PortReason};
 use crate::domain::validate::Recorded;
-use crate::domain::{CloseReason, ForeignRuleSpec, ForeignSource, PortState};
+use crate::domain::{CloseReason, ForeignRuleSpec, ForeignSource, Locator, PortState};
 
 /// A port state as the status records it.
 pub fn port_state_to_api(s: PortState) -> (Phase, Option<PortReason>) {
@@ -42,7 +42,8 @@ pub fn port_state_from_api(phase: Phase, reason: Option<PortReason>) -> PortStat
     }
 }
 
-/// What a request's status records, per spec port (matched by position and port).
+/// The final states a request's status records, per spec port (matched by position and
+/// port). The status is writable by people: these may only keep a port closed.
 pub fn recorded(status: Option<&AccessRequestStatus>, spec_ports: &[i32]) -> Recorded {
     let Some(status) = status else {
         return Recorded::default();
@@ -56,12 +57,10 @@ pub fn recorded(status: Option<&AccessRequestStatus>, spec_ports: &[i32]) -> Rec
                 .get(i)
                 .filter(|p| p.port == *port)
                 .map(|p| port_state_from_api(p.state, p.reason))
+                .filter(|s| s.is_final())
         })
         .collect();
-    Recorded {
-        granted_at: status.granted_at.as_ref().map(|t| t.0),
-        ports,
-    }
+    Recorded { ports }
 }
 
 /// A recorded AWS revocation from the status.
@@ -108,6 +107,27 @@ pub fn revoked_to_api(s: &ForeignRuleSpec) -> RevokedRule {
         referenced_group_id: group,
         prefix_list_id: prefix,
         description: s.description.clone(),
+    }
+}
+
+/// Where a target lives, as the API writes it.
+pub fn cloud_of(locator: &Locator) -> TargetCloud {
+    match locator {
+        Locator::Aws {
+            region,
+            instance_id,
+        } => TargetCloud::Aws(AwsTarget {
+            region: region.clone(),
+            instance_id: instance_id.clone(),
+        }),
+        Locator::Azure { vm_id, firewall } => TargetCloud::Azure(AzureTarget {
+            vm_id: vm_id.clone(),
+            firewall: firewall.as_ref().map(|(id, ip)| AzureFirewall {
+                id: id.clone(),
+                public_ip: ip.clone(),
+                mapped_ports: None,
+            }),
+        }),
     }
 }
 

@@ -9,15 +9,13 @@ use tracing::warn;
 use super::{Context, FINALIZER, MANAGER};
 use crate::api::{AccessRequest, AccessRequestStatus, JitPolicy, JitPolicyStatus};
 
+/// Writes a policy's status by server-side apply (field manager `portcullis`; the records
+/// are their own managers' and are never sent here).
 pub(super) async fn write_policy_status(
     api: &Api<JitPolicy>,
     name: &str,
-    old: &JitPolicyStatus,
     new: &JitPolicyStatus,
 ) -> Result<(), kube::Error> {
-    if old == new {
-        return Ok(());
-    }
     let patch =
         json!({"apiVersion": "jit.portcullis.dev/v1alpha1", "kind": "JitPolicy", "status": new});
     api.patch_status(
@@ -29,15 +27,12 @@ pub(super) async fn write_policy_status(
     Ok(())
 }
 
-/// Writes a request's status (server-side apply, only when it changed).
+/// Writes a request's status (server-side apply; callers write only what changed).
 pub(super) async fn write_request_status(
     ctx: &Context,
     req: &AccessRequest,
     new: &AccessRequestStatus,
 ) -> Result<(), kube::Error> {
-    if req.status.as_ref() == Some(new) {
-        return Ok(());
-    }
     let api: Api<AccessRequest> = ctx.api(&req.namespace().unwrap_or_default());
     let patch = json!({"apiVersion": "jit.portcullis.dev/v1alpha1", "kind": "AccessRequest", "status": new});
     match api
@@ -55,6 +50,7 @@ pub(super) async fn write_request_status(
     }
 }
 
+/// Adds our finalizer to a request (guarded by its resourceVersion).
 pub(super) async fn add_finalizer(ctx: &Context, req: &AccessRequest) -> Result<(), kube::Error> {
     let api: Api<AccessRequest> = ctx.api(&req.namespace().unwrap_or_default());
     let mut finalizers = req.finalizers().to_vec();

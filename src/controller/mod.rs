@@ -8,26 +8,32 @@
 
 mod convert;
 mod kube_ops;
+mod locks;
 mod policy;
+mod policy_status;
+mod records;
 mod request;
 mod request_status;
 mod sweeper;
+pub mod target;
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
 use jiff::Timestamp;
+use kube::ResourceExt;
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::{Controller, watcher};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{Controller, Predicate, PredicateConfig, WatchStreamExt, predicates, watcher};
 use kube::{Api, Client};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::api::{AccessRequest, JitPolicy};
 use crate::cloud::{Backend, CloudError};
-use crate::domain::Locator;
+use crate::domain::{Locator, TargetKey};
 
 /// The finalizer on policies and requests.
 pub const FINALIZER: &str = "jit.portcullis.dev/cleanup";
@@ -75,6 +81,8 @@ pub struct Settings {
     pub reporter: String,
     /// Finished requests are deleted this long after they finished (`None`: kept).
     pub finished_ttl: Option<Duration>,
+    /// How many targets may do cloud work at the same time.
+    pub concurrency: usize,
 }
 
 /// What every reconcile gets.
@@ -93,10 +101,16 @@ pub struct Context {
     pub requests: Store<AccessRequest>,
     /// Publishes Kubernetes events.
     pub recorder: Recorder,
-    /// Asks the policy controller to reconcile a policy.
-    pub trigger: mpsc::UnboundedSender<ObjectRef<JitPolicy>>,
-    /// Verifies requester stamps (shared with the admission webhook).
+    /// Asks the policy controller to reconcile a policy (a target's outcome changed).
+    pub policy_trigger: mpsc::UnboundedSender<ObjectRef<JitPolicy>>,
+    /// Verifies requester stamps and signs records (shared with the admission webhook).
     pub stamp_key: Vec<u8>,
+    /// The target actors.
+    pub runner: target::Runner,
+    /// The last outcome of every target.
+    pub outcomes: Mutex<HashMap<TargetKey, target::Outcome>>,
+    /// Locks on shared cloud containers (NSGs).
+    pub locks: locks::Locks,
 }
 
 impl Context {
@@ -150,6 +164,9 @@ fn retry_after(err: &Error) -> Duration {
             ..
         }) => *d,
         Error::Cloud(CloudError::Throttled { .. }) => Duration::from_secs(5),
+        Error::Cloud(CloudError::Unauthorized { .. } | CloudError::InUse { .. }) => {
+            Duration::from_secs(60)
+        }
         Error::CleanupPending(_) => Duration::from_secs(1),
         _ => Duration::from_secs(2),
     };
@@ -157,7 +174,8 @@ fn retry_after(err: &Error) -> Duration {
     base.mul_f64(jitter)
 }
 
-/// Runs the controllers and the sweeper until the process is told to stop.
+/// Runs the controllers, the target actors and the sweeper until the process is told to
+/// stop.
 pub async fn run(
     client: Client,
     backends: Backends,
@@ -181,15 +199,37 @@ pub async fn run(
         Err(e) => warn!(error = %e, "startup sweep failed; the periodic sweeper will retry"),
     }
     // Ready once the API server answered the startup lists and the sweep ran.
-    // (The caches' own readiness signal never fired for the request cache here; see the
-    // session notes.)
     ready.set_ready();
 
-    let policy_controller =
-        Controller::new(policies_api, watcher::Config::default().any_semantic());
+    // Policies: reconciled when their spec, finalizers or deletion change (not on the
+    // operator's own status writes), when a request of theirs changes, and when a
+    // target's outcome changes.
+    let (policy_writer, policies) = {
+        let w = reflector::store::Writer::<JitPolicy>::default();
+        let r = w.as_reader();
+        (w, r)
+    };
+    let policy_changes = watcher(policies_api, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .reflect(policy_writer)
+        .applied_objects()
+        .predicate_filter(
+            predicates::generation
+                .combine(predicates::finalizers)
+                .combine(|p: &JitPolicy| Some(u64::from(p.metadata.deletion_timestamp.is_some()))),
+            PredicateConfig::default(),
+        );
+    let request_changes = watcher(requests_api.clone(), watcher::Config::default().any_semantic())
+        .default_backoff()
+        .applied_objects()
+        .predicate_filter(request_inputs, PredicateConfig::default());
+    let policy_controller = Controller::for_stream(policy_changes, policies.clone())
+        .watches_stream(request_changes, |r: AccessRequest| {
+            Some(ObjectRef::<JitPolicy>::new(&r.spec.policy_ref.name).within(&r.namespace()?))
+        });
     let request_controller =
         Controller::new(requests_api, watcher::Config::default().any_semantic());
-    let (trigger, triggered) = mpsc::unbounded_channel();
+    let (policy_trigger, triggered) = mpsc::unbounded_channel();
     let reporter = Reporter {
         controller: settings.reporter.clone(),
         instance: std::env::var("POD_NAME").ok(),
@@ -198,12 +238,15 @@ pub async fn run(
         recorder: Recorder::new(client.clone(), reporter),
         client,
         backends,
+        runner: target::Runner::new(settings.concurrency),
         settings,
         clock,
-        policies: policy_controller.store(),
+        policies,
         requests: request_controller.store(),
-        trigger,
+        policy_trigger,
         stamp_key,
+        outcomes: Mutex::new(HashMap::new()),
+        locks: locks::Locks::default(),
     });
 
     let policies = policy_controller
@@ -229,6 +272,41 @@ pub async fn run(
         _ = sweeper => {}
     }
     Ok(())
+}
+
+/// The default name of this installation in the clouds: a hash of the cluster's
+/// `kube-system` namespace uid (unique per cluster) and the watched namespace (unique per
+/// namespace-scoped installation).
+pub async fn default_cluster_name(client: &Client, namespace: Option<&str>) -> anyhow::Result<String> {
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    let uid = namespaces
+        .get("kube-system")
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot read namespace kube-system to name this installation ({e}); pass --cluster-name"
+            )
+        })?
+        .uid()
+        .unwrap_or_default();
+    Ok(format!(
+        "k{}",
+        crate::domain::stamp::short_hash(&format!("{uid}/{}", namespace.unwrap_or("*")))
+    ))
+}
+
+/// What of a request the policy's targets read: its spec, deletion, finalizers and
+/// stamp; status writes do not count.
+fn request_inputs(r: &AccessRequest) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    r.metadata.generation.hash(&mut h);
+    r.metadata.deletion_timestamp.is_some().hash(&mut h);
+    r.finalizers().hash(&mut h);
+    r.annotations()
+        .get(crate::domain::requester::ANNOTATION)
+        .hash(&mut h);
+    Some(h.finish())
 }
 
 fn tokio_stream_from<T: Send + 'static>(

@@ -14,6 +14,7 @@ use tracing::{info, instrument};
 
 use super::kube_ops::{publish, remove_finalizer, write_request_status};
 use super::request_status::{phase_of, refused_ports, request_conditions};
+use super::convert::time;
 use super::{Context, Error};
 use crate::api::{AccessRequest, JitPolicy, Phase};
 use crate::metrics;
@@ -42,12 +43,8 @@ async fn settle(req: &AccessRequest, ctx: &Context) -> Result<Action, Error> {
     let policy_name = req.spec.policy_ref.name.clone();
     let policy_ref = ObjectRef::<JitPolicy>::new(&policy_name).within(&ns);
     let status = req.status.clone().unwrap_or_default();
-    let finished = matches!(
-        status.phase,
-        Some(Phase::Expired | Phase::Revoked | Phase::Denied | Phase::Failed)
-    );
 
-    if finished && let Some(wait) = time_to_live_left(req, ctx) {
+    if let Some(wait) = time_to_live_left(req, ctx) {
         if wait.is_zero() {
             info!("finished request reached its time to live; deleting it");
             let api: Api<AccessRequest> = ctx.api(&ns);
@@ -56,21 +53,17 @@ async fn settle(req: &AccessRequest, ctx: &Context) -> Result<Action, Error> {
                 .ok();
             return Ok(Action::await_change());
         }
-        if ctx.policies.get(&policy_ref).is_none() {
-            return Ok(Action::requeue(wait));
-        }
+        return Ok(Action::requeue(wait.min(ctx.settings.resync)));
     }
 
     ctx.policies.wait_until_ready().await.ok();
     if ctx.policies.get(&policy_ref).is_some() {
-        // The policy's reconcile owns everything about its requests.
-        ctx.trigger.send(policy_ref).ok();
+        // The policy's targets own everything about their requests.
         return Ok(Action::requeue(ctx.settings.resync));
     }
     // The cache can lag behind a policy created a moment ago: ask the API server.
     let policies: Api<JitPolicy> = ctx.api(&ns);
     if policies.get_opt(&policy_name).await?.is_some() {
-        ctx.trigger.send(policy_ref).ok();
         return Ok(Action::requeue(Duration::from_secs(1)));
     }
 
@@ -87,6 +80,9 @@ async fn settle(req: &AccessRequest, ctx: &Context) -> Result<Action, Error> {
     s.message = Some(format!(
         "spec.policyRef.name: JitPolicy {policy_name:?} does not exist in namespace {ns:?}"
     ));
+    if s.finished_at.is_none() {
+        s.finished_at = Some(time(ctx.now()));
+    }
     request_conditions(&mut s, req.metadata.generation, ctx);
     if req.status.as_ref() != Some(&s) {
         write_request_status(ctx, req, &s).await?;
@@ -104,18 +100,19 @@ async fn settle(req: &AccessRequest, ctx: &Context) -> Result<Action, Error> {
     Ok(Action::requeue(ctx.settings.resync))
 }
 
-/// How long a finished request has left before deletion (zero: delete now).
+/// How long a finished request has left before deletion (zero: delete now), counted from
+/// when it finished; `None` while it is not finished (or no time to live is set).
 fn time_to_live_left(req: &AccessRequest, ctx: &Context) -> Option<Duration> {
     let ttl = ctx.settings.finished_ttl?;
-    let since = req
-        .status
-        .as_ref()?
-        .conditions
-        .iter()
-        .find(|c| {
-            c.type_ == crate::api::conditions::READY || c.type_ == crate::api::conditions::STALLED
-        })
-        .map(|c| c.last_transition_time.0)?;
+    let status = req.status.as_ref()?;
+    let finished = matches!(
+        status.phase,
+        Some(Phase::Expired | Phase::Revoked | Phase::Denied | Phase::Failed)
+    );
+    if !finished {
+        return None;
+    }
+    let since = status.finished_at.as_ref()?.0;
     let age = Duration::try_from(ctx.now().duration_since(since)).unwrap_or(Duration::ZERO);
     Some(ttl.saturating_sub(age))
 }

@@ -1,18 +1,13 @@
-//! A request's status from the reconcile's outcome: per-port states, phase, conditions,
-//! events, and letting go of deleted requests.
-
-use std::collections::BTreeMap;
+//! Pieces of a request's status shared by the controllers: refused ports, the phase they
+//! add up to, conditions, events.
 
 use kube::runtime::events::EventType;
 
-use super::convert::{self, time};
-use super::kube_ops::{publish, remove_finalizer, write_request_status};
-use super::policy::{Gathered, TargetResult};
-use super::{Context, Error};
+use super::Context;
+use super::convert::time;
+use super::kube_ops::publish;
 use crate::api::conditions::{self, READY, RECONCILING, STALLED};
 use crate::api::{AccessRequest, AccessRequestStatus, Phase, PortStatus};
-use crate::domain::validate;
-use crate::domain::{OwnedRule, PortState, stamp};
 
 /// The ports of a request that may not open: Denied when it was never granted,
 /// Revoked (PolicyChanged) when it was; ports already closed keep their state.
@@ -98,101 +93,6 @@ pub(super) fn request_conditions(
             now.clone(),
         );
     }
-}
-
-pub(super) async fn settle_request(
-    ctx: &Context,
-    g: &Gathered,
-    want: &crate::domain::Desired,
-    results: &BTreeMap<String, TargetResult>,
-) -> Result<(), Error> {
-    let req = &g.object;
-    let old = req.status.clone().unwrap_or_default();
-    let mut s = old.clone();
-    s.observed_generation = req.metadata.generation;
-    s.requester = g.requester.clone();
-    let deleting = req.metadata.deletion_timestamp.is_some();
-    let target_done = results
-        .get(&req.spec.target)
-        .is_some_and(|r| r.converged && r.error.is_none());
-    match &g.parsed {
-        Err(errors) => {
-            s.ports = refused_ports(req, &old);
-            s.message = Some(validate::join(errors));
-        }
-        Ok(r) => {
-            let outcome = &want.requests[&r.key];
-            let owned: Vec<&OwnedRule> = results
-                .get(&r.target)
-                .and_then(|t| t.observation.as_ref())
-                .map(|o| o.observed.owned.iter().collect())
-                .unwrap_or_default();
-            let owner = stamp::owner_id(&r.key);
-            s.granted_at = outcome.granted_at.map(time).or(s.granted_at);
-            s.expires_at = outcome.expires_at().map(time);
-            s.ports = r
-                .ports
-                .iter()
-                .zip(&outcome.ports)
-                .map(|(p, o)| {
-                    let rule_ids: Vec<String> = owned
-                        .iter()
-                        .filter(|x| {
-                            x.stamp.owner == owner && x.port == p.spec && x.source == Some(p.source)
-                        })
-                        .flat_map(|x| x.cloud_id.split(',').map(str::to_string))
-                        .collect();
-                    let state = match o.state {
-                        // Open only once the cloud says so.
-                        PortState::Active if !target_done || rule_ids.is_empty() => {
-                            PortState::Pending
-                        }
-                        s => s,
-                    };
-                    let (phase, reason) = convert::port_state_to_api(state);
-                    PortStatus {
-                        port: i32::from(p.spec.port.get()),
-                        state: phase,
-                        reason,
-                        expires_at: o.expires_at.map(time),
-                        rule_ids: if phase == Phase::Active {
-                            rule_ids
-                        } else {
-                            Vec::new()
-                        },
-                        connection: None,
-                    }
-                })
-                .collect();
-            s.message = Some(match phase_of(&s.ports) {
-                Phase::Active => format!(
-                    "open until {}",
-                    outcome
-                        .expires_at()
-                        .map(|t| t.to_string())
-                        .unwrap_or_default()
-                ),
-                Phase::Pending => "opening".to_string(),
-                Phase::Expired => "closed: the grant expired".to_string(),
-                Phase::Revoked => "closed before its time".to_string(),
-                Phase::Denied | Phase::Failed => s.message.clone().unwrap_or_default(),
-            });
-        }
-    }
-    s.phase = Some(phase_of(&s.ports));
-    request_conditions(&mut s, req.metadata.generation, ctx);
-    write_request_status(ctx, req, &s).await?;
-    announce(ctx, req, &old, &s).await;
-
-    // A deleted request lets go once nothing of it is open.
-    let all_closed = s
-        .ports
-        .iter()
-        .all(|p| p.state != Phase::Active && p.state != Phase::Pending);
-    if deleting && (all_closed && target_done || g.parsed.is_err()) {
-        remove_finalizer(ctx, req).await?;
-    }
-    Ok(())
 }
 
 /// Events for what changed in a request's status.

@@ -10,8 +10,8 @@ use kube::api::{Api, ListParams};
 use tracing::{info, warn};
 
 use super::{Backends, Context, Settings};
-use crate::api::{AccessRequest, JitPolicy, Phase, TargetCloud};
-use crate::cloud::{CloudError, Live, SweepReport, target_id};
+use crate::api::{AccessRequest, JitPolicy, TargetCloud};
+use crate::cloud::{Live, SweepReport, target_id};
 use crate::domain::{ObjectKey, TargetKey, stamp};
 use crate::metrics;
 
@@ -29,6 +29,17 @@ pub fn live<'a>(
         live.policies.insert(stamp::owner_id(&key));
         for t in p.status.iter().flat_map(|s| s.targets.iter()) {
             live.azure_nsgs.extend(t.nsg_ids.iter().cloned());
+            // A removed target is live until its cleanup (which its record drives) is done.
+            if let Some(r) = &t.record {
+                live.azure_nsgs.extend(r.nsg_ids.iter().cloned());
+                live.targets.insert(target_id(&TargetKey {
+                    policy: key.clone(),
+                    target: t.name.clone(),
+                }));
+                if let TargetCloud::Aws(a) = &r.cloud {
+                    live.aws_regions.insert(a.region.clone());
+                }
+            }
         }
         for t in &p.spec.targets {
             live.targets.insert(target_id(&TargetKey {
@@ -40,36 +51,31 @@ pub fn live<'a>(
             }
         }
     }
+    // Every request that exists: its rules go when their stamped expiry passes (the
+    // sweeper) or when its target's actor no longer wants them; the status (which people
+    // can write) decides nothing here.
     for r in requests {
-        let finished = matches!(
-            r.status.as_ref().and_then(|s| s.phase),
-            Some(Phase::Expired | Phase::Revoked | Phase::Denied | Phase::Failed)
-        );
-        if !finished {
-            live.requests.insert(stamp::owner_id(&ObjectKey::new(
-                r.namespace().unwrap_or_default(),
-                r.name_any(),
-            )));
-        }
+        live.requests.insert(stamp::owner_id(&ObjectKey::new(
+            r.namespace().unwrap_or_default(),
+            r.name_any(),
+        )));
     }
     live
 }
 
-async fn sweep_all(
-    backends: &Backends,
-    now: jiff::Timestamp,
-    live: &Live,
-) -> Result<SweepReport, CloudError> {
+/// Sweeps every backend; a failure in one place (a forbidden region, an NSG that cannot
+/// be read) stops nothing else.
+async fn sweep_all(backends: &Backends, now: jiff::Timestamp, live: &Live) -> SweepReport {
     let mut total = SweepReport::default();
     for backend in [&backends.aws, &backends.azure].into_iter().flatten() {
-        let r = backend.sweep(now, live).await?;
-        total.expired += r.expired;
-        total.orphaned += r.orphaned;
-        total.groups_deleted += r.groups_deleted;
+        total.absorb(backend.sweep(now, live).await);
     }
     metrics::swept("expired", total.expired as u64);
     metrics::swept("orphaned", total.orphaned as u64);
-    Ok(total)
+    for (what, e) in &total.errors {
+        warn!(%what, error = %e, "could not sweep");
+    }
+    total
 }
 
 /// The sweep before the controllers start, from a fresh list of everything.
@@ -83,7 +89,7 @@ pub async fn startup_sweep(
     let ps = policies.list(&ListParams::default()).await?;
     let rs = requests.list(&ListParams::default()).await?;
     let live = live(ps.items.iter(), rs.items.iter(), settings);
-    Ok(sweep_all(backends, now, &live).await?)
+    Ok(sweep_all(backends, now, &live).await)
 }
 
 /// Sweeps on every resync, from the controllers' caches.
@@ -102,10 +108,9 @@ pub async fn run(ctx: Arc<Context>) {
             requests.iter().map(|r| r.as_ref()),
             &ctx.settings,
         );
-        match sweep_all(&ctx.backends, ctx.now(), &live).await {
-            Ok(r) if r != SweepReport::default() => info!(report = ?r, "swept"),
-            Ok(_) => {}
-            Err(e) => warn!(error = %e, "sweep failed"),
+        let report = sweep_all(&ctx.backends, ctx.now(), &live).await;
+        if report.removed_anything() {
+            info!(?report, "swept");
         }
     }
 }

@@ -33,7 +33,7 @@ mod names;
 mod plan;
 mod sweep;
 
-pub use names::{Names, cluster_tag, deny_rule_name, grant_rule_name, protocols, target_tag};
+pub use names::{Names, deny_rule_name, grant_rule_name, protocols, target_tag};
 pub use plan::{apply, plan};
 pub use sweep::{SweepScope, Swept, sweep};
 

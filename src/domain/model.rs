@@ -1,6 +1,8 @@
 //! The cloud-agnostic rule model.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::net::IpAddr;
 use std::num::NonZeroU16;
 use std::time::Duration;
 
@@ -206,8 +208,24 @@ pub struct Policy {
     pub ports: Vec<PolicyPort>,
     /// Where owned Azure rules go.
     pub bands: Bands,
+    /// AWS: what to do with a security group that instances outside the policy share.
+    pub shared_groups: SharedGroups,
     /// Being deleted: everything it opened or closed is to be undone.
     pub deleting: bool,
+    /// The spec does not validate: the baseline stays as it is and nothing new opens,
+    /// while grants still close on time, on revocation and on deletion.
+    pub hold: bool,
+}
+
+/// AWS: what the baseline does in a security group that instances outside the policy
+/// also use. Revoking there would close the port on VMs the policy does not govern.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum SharedGroups {
+    /// Do not revoke: report a conflict naming the group and the other users.
+    #[default]
+    Conflict,
+    /// Revoke anyway (the policy's owner accepts closing the port for them too).
+    Revoke,
 }
 
 impl Policy {
@@ -288,17 +306,17 @@ pub struct Request {
     pub created: Timestamp,
     /// Revoked by `spec.revoke` or being deleted.
     pub revoked: bool,
-    /// When the grant started, once recorded.
-    pub granted_at: Option<Timestamp>,
-    /// Per port (spec order), the state recorded in status; `None` when nothing is.
+    /// Per port (spec order), a final state the status records; `None` otherwise. The
+    /// status is writable by people, so this may only ever keep a port closed.
     pub recorded: Vec<Option<PortState>>,
 }
 
 impl Request {
-    /// When port `i` closes, given the grant time.
-    pub fn expiry(&self, i: usize, granted_at: Timestamp) -> Timestamp {
+    /// When port `i` closes: its duration after the request was created. The creation
+    /// time is the API server's, so nobody can move an expiry by writing the status.
+    pub fn expiry(&self, i: usize) -> Timestamp {
         let d = self.ports[i].duration;
-        granted_at
+        self.created
             .checked_add(jiff::SignedDuration::try_from(d).unwrap_or(jiff::SignedDuration::MAX))
             .unwrap_or(Timestamp::MAX)
     }
@@ -364,13 +382,86 @@ impl Stamp {
     }
 }
 
-/// What an owned rule does.
+/// What a rule does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Access {
     /// Lets traffic in.
     Allow,
     /// Keeps traffic out.
     Deny,
+}
+
+/// An IP address family: an NSG rule never mixes the two.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Family {
+    /// IPv4.
+    V4,
+    /// IPv6.
+    V6,
+}
+
+impl Family {
+    /// The family of an address.
+    pub fn of(ip: &IpAddr) -> Family {
+        match ip {
+            IpAddr::V4(_) => Family::V4,
+            IpAddr::V6(_) => Family::V6,
+        }
+    }
+
+    /// The family of a prefix.
+    pub fn of_net(net: &IpNet) -> Family {
+        match net {
+            IpNet::V4(_) => Family::V4,
+            IpNet::V6(_) => Family::V6,
+        }
+    }
+}
+
+impl fmt::Display for Family {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Family::V4 => "IPv4",
+            Family::V6 => "IPv6",
+        })
+    }
+}
+
+/// What an owned rule is for.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum OwnedKind {
+    /// An allow rule that carries a grant: one port, one source.
+    Grant {
+        /// Port and protocol.
+        port: PortSpec,
+        /// The source.
+        source: IpNet,
+    },
+    /// A baseline deny rule for a governed port, for the VM's addresses of one family
+    /// (Azure).
+    Deny {
+        /// Port and protocol.
+        port: PortSpec,
+        /// The family of its destinations.
+        family: Family,
+    },
+    /// AWS: an allow rule that keeps open what a revoked foreign rule opened beyond the
+    /// governed ports (the rest of its port range), so revoking it breaks nothing else.
+    CarveOut(RuleShape),
+    /// Something with an owned name or in an owned group that is none of the above (a
+    /// rule someone edited, a leftover): it goes.
+    Stray,
+}
+
+/// The shape of an allow rule: protocol, ports and source, as the cloud names them.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RuleShape {
+    /// The protocol as the cloud names it (`tcp`, `udp`, `icmp`, `-1`, …).
+    pub protocol: String,
+    /// The first and last port (`None`: all ports).
+    pub ports: Option<(u16, u16)>,
+    /// The source.
+    pub source: ForeignSource,
 }
 
 /// A rule the operator owns (recognised by name prefix or group tag, and stamp).
@@ -380,16 +471,28 @@ pub struct OwnedRule {
     pub location: String,
     /// The cloud's id for the rule.
     pub cloud_id: String,
-    /// Allow (a grant) or deny (the baseline).
-    pub access: Access,
-    /// Port, protocol and source (`None`: any source, for deny rules).
-    pub port: PortSpec,
-    /// The source of an allow rule.
-    pub source: Option<IpNet>,
+    /// What it is for.
+    pub kind: OwnedKind,
     /// Owner and expiry.
     pub stamp: Stamp,
     /// The NSG priority (Azure).
     pub priority: Option<u16>,
+    /// The destination addresses it names (Azure; empty on AWS, where the group's
+    /// attachment decides).
+    pub destinations: Vec<IpAddr>,
+}
+
+impl OwnedRule {
+    /// The grant's port and source, when the rule carries a grant.
+    pub fn grant(&self) -> Option<RuleKey> {
+        match &self.kind {
+            OwnedKind::Grant { port, source } => Some(RuleKey {
+                port: *port,
+                source: *source,
+            }),
+            _ => None,
+        }
+    }
 }
 
 /// A source as a foreign rule names it.
@@ -421,6 +524,15 @@ pub struct ForeignRuleSpec {
 }
 
 impl ForeignRuleSpec {
+    /// Its protocol, ports and source.
+    pub fn shape(&self) -> RuleShape {
+        RuleShape {
+            protocol: self.protocol.clone(),
+            ports: self.ports,
+            source: self.source.clone(),
+        }
+    }
+
     /// Whether the rule lets traffic of `port` in.
     pub fn covers(&self, port: PortSpec) -> bool {
         let proto_ok = match self.protocol.to_ascii_lowercase().as_str() {
@@ -459,4 +571,13 @@ pub struct Observed {
     /// Priorities taken by rules that are neither this target's nor foreign (the
     /// operator's rules for other targets in a shared NSG): `(location, priority)`.
     pub reserved: Vec<(String, u16)>,
+    /// The VM's private addresses: the destinations of Azure rules.
+    pub addresses: Vec<IpAddr>,
+    /// AWS: per foreign group attached to the target, who else uses it (instance ids,
+    /// or interface ids for interfaces attached to no instance).
+    pub group_users: BTreeMap<String, BTreeSet<String>>,
+    /// AWS: per location (ENI), the foreign groups attached to it.
+    pub attached: BTreeMap<String, BTreeSet<String>>,
+    /// Containers named in the records that no longer exist (their records are dropped).
+    pub gone_containers: BTreeSet<String>,
 }

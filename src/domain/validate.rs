@@ -87,22 +87,9 @@ pub fn policy(
                 format!("duplicate target name {:?}", t.name),
             ));
         }
-        let locator = match &t.cloud {
-            api::TargetCloud::Azure(a) => Locator::Azure {
-                vm_id: a.vm_id.clone(),
-                firewall: a
-                    .firewall
-                    .as_ref()
-                    .map(|f| (f.id.clone(), f.public_ip.clone())),
-            },
-            api::TargetCloud::Aws(a) => Locator::Aws {
-                region: a.region.clone(),
-                instance_id: a.instance_id.clone(),
-            },
-        };
         targets.push(PolicyTarget {
             name: t.name.clone(),
-            locator,
+            locator: locator(&t.cloud),
         });
     }
     if spec.targets.is_empty() {
@@ -187,6 +174,10 @@ pub fn policy(
         },
     };
 
+    let shared_groups = match spec.aws.as_ref().map(|a| a.shared_groups) {
+        Some(api::SharedGroupsMode::Revoke) => SharedGroups::Revoke,
+        _ => SharedGroups::Conflict,
+    };
     if let Err(e) = firewalls(spec) {
         errors.extend(e);
     }
@@ -197,10 +188,53 @@ pub fn policy(
             targets,
             ports,
             bands,
+            shared_groups,
             deleting,
+            hold: false,
         })
     } else {
         Err(errors)
+    }
+}
+
+/// Where a target lives, in the domain model.
+pub fn locator(cloud: &api::TargetCloud) -> Locator {
+    match cloud {
+        api::TargetCloud::Azure(a) => Locator::Azure {
+            vm_id: a.vm_id.clone(),
+            firewall: a
+                .firewall
+                .as_ref()
+                .map(|f| (f.id.clone(), f.public_ip.clone())),
+        },
+        api::TargetCloud::Aws(a) => Locator::Aws {
+            region: a.region.clone(),
+            instance_id: a.instance_id.clone(),
+        },
+    }
+}
+
+/// A policy whose spec does not validate, as far as it can be read: its targets (the
+/// first of each name) and nothing else. Its baseline is held as it is and nothing new
+/// opens (see [`Policy::hold`]).
+pub fn held_policy(key: ObjectKey, spec: &api::JitPolicySpec, deleting: bool) -> Policy {
+    let mut names = BTreeSet::new();
+    Policy {
+        key,
+        targets: spec
+            .targets
+            .iter()
+            .filter(|t| names.insert(t.name.clone()))
+            .map(|t| PolicyTarget {
+                name: t.name.clone(),
+                locator: locator(&t.cloud),
+            })
+            .collect(),
+        ports: Vec::new(),
+        bands: Bands::default(),
+        shared_groups: SharedGroups::Conflict,
+        deleting,
+        hold: true,
     }
 }
 
@@ -309,11 +343,10 @@ pub fn firewalls(
     }
 }
 
-/// What a request's status already says, for [`request`].
+/// What a request's status already says, for [`request`]: per spec port, a final state
+/// it records (it can only keep a port closed).
 #[derive(Clone, Debug, Default)]
 pub struct Recorded {
-    /// When the grant started.
-    pub granted_at: Option<Timestamp>,
     /// Per spec port, its recorded state.
     pub ports: Vec<Option<PortState>>,
 }
@@ -459,9 +492,47 @@ pub fn request(
         ports,
         created,
         revoked: spec.revoke || deleting,
-        granted_at: recorded.granted_at,
         recorded: states,
     })
+}
+
+/// Reads a request without checking it against its policy, for a policy on hold (whose
+/// spec does not validate): only to close what it holds on time. The protocol defaults
+/// to TCP; ports that do not parse are left out.
+pub fn request_unchecked(
+    key: ObjectKey,
+    spec: &api::AccessRequestSpec,
+    created: Timestamp,
+    deleting: bool,
+    recorded: Recorded,
+) -> Request {
+    let mut ports = Vec::new();
+    let mut states = Vec::new();
+    for (i, p) in spec.ports.iter().enumerate() {
+        let port = u16::try_from(p.port).ok().and_then(NonZeroU16::new);
+        let source = parse_cidr(&p.source_prefix).ok();
+        let duration = duration::parse(&p.duration).ok();
+        if let (Some(port), Some(source), Some(duration)) = (port, source, duration) {
+            ports.push(RequestedPort {
+                spec: PortSpec {
+                    port,
+                    protocol: p.protocol.map(Proto::from).unwrap_or(Proto::Tcp),
+                },
+                source,
+                duration,
+            });
+            states.push(recorded.ports.get(i).copied().flatten());
+        }
+    }
+    Request {
+        key,
+        policy: spec.policy_ref.name.clone(),
+        target: spec.target.clone(),
+        ports,
+        created,
+        revoked: spec.revoke || deleting,
+        recorded: states,
+    }
 }
 
 #[cfg(test)]

@@ -201,9 +201,10 @@ async fn aws_baseline_grant_and_expiry() {
         w.dump()
     );
     let t = &p.status.as_ref().unwrap().targets[0];
-    assert_eq!(t.baseline.as_deref(), Some("Enforced"));
-    assert_eq!(t.revoked_rules.len(), 1);
-    let rec = &t.revoked_rules[0];
+    assert_eq!(t.baseline, Some(portcullis::api::BaselineState::Enforced));
+    let record = t.record.as_ref().expect("the target is recorded");
+    assert_eq!(record.revoked_rules.len(), 1);
+    let rec = &record.revoked_rules[0];
     assert_eq!(
         (
             rec.group_id.as_str(),
@@ -258,11 +259,15 @@ async fn aws_baseline_grant_and_expiry() {
         "the owned group is attached beside the ENI's own group"
     );
     let s = r.status.as_ref().unwrap();
-    let (granted_at, expires_at) = (
-        s.granted_at.clone().unwrap().0,
+    let (created, expires_at) = (
+        r.metadata.creation_timestamp.clone().unwrap().0,
         s.expires_at.clone().unwrap().0,
     );
-    assert_eq!(expires_at.duration_since(granted_at).as_secs(), 30);
+    assert_eq!(
+        expires_at.duration_since(created).as_secs(),
+        30,
+        "the grant counts from the request's creation"
+    );
     assert_eq!(s.ports[0].rule_ids.len(), 1);
     eprintln!(
         "METRIC aws grant latency: {:.3}s (request created → status Active)",
@@ -683,7 +688,10 @@ async fn aws_sigkill_at_any_point_converges() {
     );
     let p = w.ready_policy("jit").await;
     assert_eq!(
-        p.status.unwrap().targets[0].revoked_rules.len(),
+        p.status.unwrap().targets[0]
+            .record
+            .as_ref()
+            .map_or(0, |r| r.revoked_rules.len()),
         1,
         "the revocation is recorded once"
     );

@@ -11,7 +11,8 @@ use ipnet::IpNet;
 
 use crate::domain::stamp;
 use crate::domain::{
-    Access, ForeignRule, ForeignRuleSpec, ForeignSource, Grant, OwnedRule, PortSpec, Proto, Stamp,
+    Access, ForeignRule, ForeignRuleSpec, ForeignSource, Grant, OwnedKind, OwnedRule, PortSpec,
+    Proto, RuleShape, Stamp,
 };
 
 /// The EC2 protocols that carry a domain protocol (`Any` is a TCP and a UDP rule).
@@ -38,20 +39,23 @@ pub fn rule_source(r: &SecurityGroupRule) -> Option<ForeignSource> {
         .map(|p| ForeignSource::PrefixList(p.to_string()))
 }
 
+/// The ports of a rule as EC2 reports them (`None`: all, or not port-based).
+fn rule_ports(r: &SecurityGroupRule) -> Option<(u16, u16)> {
+    match (r.ip_protocol(), r.from_port(), r.to_port()) {
+        (Some("-1"), _, _) => None,
+        (_, Some(from), Some(to)) if from >= 0 && to >= 0 => Some((from as u16, to as u16)),
+        _ => None,
+    }
+}
+
 /// A rule of a group the operator does not own.
 pub fn foreign_rule(r: &SecurityGroupRule) -> Option<ForeignRule> {
-    let protocol = r.ip_protocol()?.to_string();
-    let ports = match (r.from_port(), r.to_port()) {
-        _ if protocol == "-1" => None,
-        (Some(from), Some(to)) if from >= 0 && to >= 0 => Some((from as u16, to as u16)),
-        _ => None,
-    };
     Some(ForeignRule {
         cloud_id: r.security_group_rule_id()?.to_string(),
         spec: ForeignRuleSpec {
             container: r.group_id()?.to_string(),
-            protocol,
-            ports,
+            protocol: r.ip_protocol()?.to_string(),
+            ports: rule_ports(r),
             source: rule_source(r)?,
             description: r.description().map(str::to_string),
         },
@@ -60,99 +64,106 @@ pub fn foreign_rule(r: &SecurityGroupRule) -> Option<ForeignRule> {
     })
 }
 
-/// The rules of an owned group, as owned rules at `location`. A TCP and a UDP rule with
-/// the same port, source and stamp are one `Any` rule.
-pub fn owned_rules(location: &str, rules: &[&SecurityGroupRule]) -> Vec<OwnedRule> {
-    let mut by_key: BTreeMap<(i32, i32, String, String), Vec<&SecurityGroupRule>> = BTreeMap::new();
-    for r in rules {
-        let source = r.cidr_ipv4().or(r.cidr_ipv6()).unwrap_or("").to_string();
-        by_key
-            .entry((
-                r.from_port().unwrap_or(-1),
-                r.to_port().unwrap_or(-1),
-                source,
-                r.description().unwrap_or("").to_string(),
-            ))
-            .or_default()
-            .push(r);
-    }
+/// The rules of an owned group of installation `cluster`, as owned rules at `location`:
+/// grants (a TCP and a UDP rule with the same port, source and stamp are one `Any`
+/// grant), carve-outs (stamped without expiry), and strays (anything else: they go).
+pub fn owned_rules(cluster: &str, location: &str, rules: &[&SecurityGroupRule]) -> Vec<OwnedRule> {
+    let stray = Stamp {
+        owner: String::new(),
+        expires_at: None,
+    };
     let mut out = Vec::new();
-    for ((from, to, source, description), rules) in by_key {
-        let protos: Vec<&str> = rules.iter().filter_map(|r| r.ip_protocol()).collect();
-        let both = protos.contains(&"tcp") && protos.contains(&"udp");
-        let stamp = stamp::parse(&description).unwrap_or(Stamp {
-            owner: String::new(),
-            expires_at: None,
-        });
-        // A rule we did not write the way we write them (a range, a group source, a
-        // missing source) gets no source, so it matches no grant and is removed.
-        let single_port = (from == to)
-            .then(|| u16::try_from(from).ok().and_then(NonZeroU16::new))
-            .flatten();
-        let source: Option<IpNet> = source.parse().ok().filter(|_| single_port.is_some());
-        let port = single_port.unwrap_or(NonZeroU16::MIN);
-        if both {
-            let ids: Vec<&str> = rules
-                .iter()
-                .filter_map(|r| r.security_group_rule_id())
-                .collect();
-            out.push(OwnedRule {
-                location: location.to_string(),
-                cloud_id: ids.join(","),
-                access: Access::Allow,
-                port: PortSpec {
-                    port,
-                    protocol: Proto::Any,
-                },
+    // Grant candidates by (port, source, description).
+    let mut grants: BTreeMap<(u16, IpNet, String), Vec<(&SecurityGroupRule, Stamp)>> =
+        BTreeMap::new();
+    for r in rules {
+        let id = r.security_group_rule_id().unwrap_or_default().to_string();
+        let stamp = r.description().and_then(|d| stamp::parse_own(cluster, d));
+        let owned = |kind, stamp: Stamp| OwnedRule {
+            location: location.to_string(),
+            cloud_id: id.clone(),
+            kind,
+            stamp,
+            priority: None,
+            destinations: Vec::new(),
+        };
+        let single_port = rule_ports(r)
+            .filter(|(a, b)| a == b)
+            .map(|(a, _)| a)
+            .filter(|p| *p > 0);
+        let cidr: Option<IpNet> = r.cidr_ipv4().or(r.cidr_ipv6()).and_then(|c| c.parse().ok());
+        match (stamp, r.ip_protocol(), single_port, cidr) {
+            (Some(s), Some("tcp" | "udp"), Some(port), Some(source)) if s.expires_at.is_some() => {
+                grants
+                    .entry((port, source, r.description().unwrap_or("").to_string()))
+                    .or_default()
+                    .push((r, s));
+            }
+            (Some(s), Some(protocol), _, _) if s.expires_at.is_none() => match rule_source(r) {
+                Some(source) => out.push(owned(
+                    OwnedKind::CarveOut(RuleShape {
+                        protocol: protocol.to_string(),
+                        ports: rule_ports(r),
+                        source,
+                    }),
+                    s,
+                )),
+                None => out.push(owned(OwnedKind::Stray, stray.clone())),
+            },
+            _ => out.push(owned(OwnedKind::Stray, stray.clone())),
+        }
+    }
+    for ((port, source, _), rules) in grants {
+        let port = NonZeroU16::new(port).expect("ports above zero");
+        let has = |p: &str| rules.iter().any(|(r, _)| r.ip_protocol() == Some(p));
+        let grant = |protocol, ids: Vec<&str>, stamp: &Stamp| OwnedRule {
+            location: location.to_string(),
+            cloud_id: ids.join(","),
+            kind: OwnedKind::Grant {
+                port: PortSpec { port, protocol },
                 source,
-                stamp: stamp.clone(),
-                priority: None,
-            });
-            // Anything beyond the pair (e.g. an all-traffic rule) is its own rule.
-            for r in rules
-                .iter()
-                .filter(|r| !matches!(r.ip_protocol(), Some("tcp" | "udp")))
-            {
-                out.push(owned_one(location, r, port, None, &stamp));
+            },
+            stamp: stamp.clone(),
+            priority: None,
+            destinations: Vec::new(),
+        };
+        if has("tcp") && has("udp") {
+            let tcp = rules.iter().find(|(r, _)| r.ip_protocol() == Some("tcp"));
+            let udp = rules.iter().find(|(r, _)| r.ip_protocol() == Some("udp"));
+            let (Some((t, stamp)), Some((u, _))) = (tcp, udp) else {
+                continue;
+            };
+            let ids = vec![
+                t.security_group_rule_id().unwrap_or_default(),
+                u.security_group_rule_id().unwrap_or_default(),
+            ];
+            out.push(grant(Proto::Any, ids, stamp));
+            // A second rule of the same protocol is a duplicate: it goes.
+            for (r, s) in rules.iter().filter(|(r, _)| {
+                r.security_group_rule_id() != t.security_group_rule_id()
+                    && r.security_group_rule_id() != u.security_group_rule_id()
+            }) {
+                let mut dup = grant(Proto::Tcp, vec![r.security_group_rule_id().unwrap_or_default()], s);
+                dup.kind = OwnedKind::Stray;
+                out.push(dup);
             }
         } else {
-            for r in rules {
-                let s = match r.ip_protocol() {
-                    Some("tcp" | "udp") => source,
-                    _ => None,
+            for (r, s) in &rules {
+                let protocol = if r.ip_protocol() == Some("udp") {
+                    Proto::Udp
+                } else {
+                    Proto::Tcp
                 };
-                out.push(owned_one(location, r, port, s, &stamp));
+                out.push(grant(protocol, vec![r.security_group_rule_id().unwrap_or_default()], s));
             }
         }
     }
     out
 }
 
-fn owned_one(
-    location: &str,
-    r: &SecurityGroupRule,
-    port: NonZeroU16,
-    source: Option<IpNet>,
-    stamp: &Stamp,
-) -> OwnedRule {
-    let protocol = match r.ip_protocol() {
-        Some("udp") => Proto::Udp,
-        _ => Proto::Tcp,
-    };
-    OwnedRule {
-        location: location.to_string(),
-        cloud_id: r.security_group_rule_id().unwrap_or_default().to_string(),
-        access: Access::Allow,
-        port: PortSpec { port, protocol },
-        source,
-        stamp: stamp.clone(),
-        priority: None,
-    }
-}
-
-/// The EC2 permissions that carry a grant (two for `Any`).
-pub fn grant_permissions(grant: &Grant) -> Vec<IpPermission> {
-    let description = stamp::format(&grant.stamp());
+/// The EC2 permissions that carry a grant (two for `Any`), stamped for `cluster`.
+pub fn grant_permissions(cluster: &str, grant: &Grant) -> Vec<IpPermission> {
+    let description = stamp::format(cluster, &grant.stamp());
     let port = i32::from(grant.port.port.get());
     ec2_protocols(grant.port.protocol)
         .iter()
@@ -181,8 +192,8 @@ pub fn grant_permissions(grant: &Grant) -> Vec<IpPermission> {
 }
 
 /// The rule update that rewrites a rule's stamp for a grant.
-pub fn restamp_request(grant: &Grant, protocol: &str) -> SecurityGroupRuleRequest {
-    let description = stamp::format(&grant.stamp());
+pub fn restamp_request(cluster: &str, grant: &Grant, protocol: &str) -> SecurityGroupRuleRequest {
+    let description = stamp::format(cluster, &grant.stamp());
     let port = i32::from(grant.port.port.get());
     let b = SecurityGroupRuleRequest::builder()
         .ip_protocol(protocol)
@@ -196,14 +207,40 @@ pub fn restamp_request(grant: &Grant, protocol: &str) -> SecurityGroupRuleReques
     .build()
 }
 
+/// The permission of a carve-out, stamped with the policy (no expiry).
+pub fn carve_out_permission(cluster: &str, owner: &Stamp, shape: &RuleShape) -> IpPermission {
+    permission(
+        &shape.protocol,
+        shape.ports,
+        &shape.source,
+        Some(stamp::format(cluster, owner)),
+    )
+}
+
 /// The permission that restores a recorded foreign rule exactly.
 pub fn restore_permission(spec: &ForeignRuleSpec) -> IpPermission {
-    let mut b = IpPermission::builder().ip_protocol(&spec.protocol);
-    if let Some((from, to)) = spec.ports {
-        b = b.from_port(i32::from(from)).to_port(i32::from(to));
+    permission(
+        &spec.protocol,
+        spec.ports,
+        &spec.source,
+        spec.description.clone(),
+    )
+}
+
+fn permission(
+    protocol: &str,
+    ports: Option<(u16, u16)>,
+    source: &ForeignSource,
+    d: Option<String>,
+) -> IpPermission {
+    let mut b = IpPermission::builder().ip_protocol(protocol);
+    match ports {
+        Some((from, to)) => b = b.from_port(i32::from(from)).to_port(i32::from(to)),
+        // ICMP without ports means every type and code.
+        None if protocol.starts_with("icmp") => b = b.from_port(-1).to_port(-1),
+        None => {}
     }
-    let d = spec.description.clone();
-    match &spec.source {
+    match source {
         ForeignSource::Cidr(c) if c.contains(':') => {
             b.ipv6_ranges(Ipv6Range::builder().cidr_ipv6(c).set_description(d).build())
         }

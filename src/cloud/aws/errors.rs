@@ -13,8 +13,16 @@ const RETRYABLE: &[&str] = &[
     "InternalFailure",
     "ServiceUnavailable",
     "Unavailable",
-    "DependencyViolation",
     "IncorrectState",
+];
+/// EC2 error codes that mean the operator's identity cannot do this.
+const UNAUTHORIZED: &[&str] = &[
+    "AuthFailure",
+    "UnauthorizedOperation",
+    "InvalidClientTokenId",
+    "ExpiredToken",
+    "OptInRequired",
+    "SignatureDoesNotMatch",
 ];
 /// EC2 error codes for limits a person must raise or work around.
 const LIMITS: &[(&str, &str)] = &[
@@ -69,6 +77,18 @@ where
         || !matches!(err, SdkError::ServiceError(_))
     {
         return CloudError::Retryable { op, code, message };
+    }
+    if UNAUTHORIZED.contains(&code.as_str()) {
+        return CloudError::Unauthorized {
+            op,
+            code,
+            message: format!(
+                "{message} (check the operator's AWS identity: IRSA role, policy and region)"
+            ),
+        };
+    }
+    if code == "DependencyViolation" {
+        return CloudError::InUse { op, code, message };
     }
     if let Some((_, advice)) = LIMITS.iter().find(|(c, _)| *c == code) {
         return CloudError::Limit {

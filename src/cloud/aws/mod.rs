@@ -30,10 +30,12 @@ use aws_sdk_ec2::types::{
 };
 use jiff::Timestamp;
 
+use tracing::warn;
+
 use self::errors::{classify, code};
 use super::{Backend, CloudError, Interface, Live, Observation, Resolved, SweepReport, target_id};
 use crate::domain::stamp::{self, short_hash};
-use crate::domain::{Change, Locator, Observed, Plan, TargetKey};
+use crate::domain::{Change, Locator, Observed, OwnedKind, Plan, Stamp, TargetKey};
 use crate::metrics;
 
 /// Tag on every owned security group.
@@ -58,6 +60,7 @@ impl AwsBackend {
     /// IRSA, instance metadata); `AWS_ENDPOINT_URL` points it at moto or LocalStack.
     /// `cluster` names this installation in the tags of the groups it creates.
     pub async fn from_env(cluster: &str) -> Self {
+        let cluster = stamp::cluster_id(cluster);
         let base = aws_config::defaults(BehaviorVersion::latest())
             .retry_config(
                 RetryConfig::standard()
@@ -69,7 +72,7 @@ impl AwsBackend {
             .await;
         AwsBackend {
             base,
-            cluster: cluster.to_string(),
+            cluster,
             clients: Mutex::new(BTreeMap::new()),
         }
     }
@@ -173,9 +176,9 @@ fn aws_locator(locator: &Locator) -> Result<(&str, &str), CloudError> {
     }
 }
 
-/// The deterministic name of the owned group for an ENI and target.
-fn owned_group_name(eni: &str, target: &str) -> String {
-    format!("portcullis-{eni}-{}", short_hash(target))
+/// The deterministic name of the owned group of an installation for an ENI and target.
+fn owned_group_name(cluster: &str, eni: &str, target: &str) -> String {
+    format!("portcullis-{eni}-{}", short_hash(&format!("{cluster}/{target}")))
 }
 
 /// Reads the ingress rules of some groups, all pages.
@@ -243,25 +246,42 @@ async fn groups(
     Ok(out)
 }
 
+/// An owned group of this installation and target, as observed.
+struct OwnedGroup {
+    id: String,
+    /// The ENI it serves (its tag).
+    eni: String,
+    /// Where its rules count: the ENI when the group is attached there, else
+    /// `detached:<eni>` (the plan then puts them back through an attached group).
+    location: String,
+}
+
+/// Whether an observed group belongs to this installation (any of its targets).
+fn ours(g: &SecurityGroup, cluster: &str) -> bool {
+    tag(g, TAG_MANAGED).is_some() && tag(g, TAG_CLUSTER) == Some(cluster)
+}
+
 #[async_trait]
 impl Backend for AwsBackend {
-    async fn observe(
+    async fn resolve(
         &self,
-        target: &TargetKey,
+        _target: &TargetKey,
         locator: &Locator,
-    ) -> Result<Observation, CloudError> {
+    ) -> Result<Resolved, CloudError> {
         let (region, instance_id) = aws_locator(locator)?;
         let ec2 = self.client(region);
-        let tid = target_id(target);
-
         let out = call(
             "DescribeInstances",
             ec2.describe_instances().instance_ids(instance_id).send(),
         )
-        .await?;
+        .await;
+        let out = match out {
+            Err(CloudError::NotFound { .. }) => None,
+            other => Some(other?),
+        };
         let instance = out
-            .reservations()
             .iter()
+            .flat_map(|o| o.reservations())
             .flat_map(|r| r.instances())
             .find(|i| i.instance_id() == Some(instance_id))
             .filter(|i| {
@@ -275,96 +295,180 @@ impl Backend for AwsBackend {
                 code: "InvalidInstanceID.NotFound".into(),
                 message: "the instance does not exist or is terminated".into(),
             })?;
-        let vpc = instance.vpc_id().map(str::to_string);
         let eni_ids: Vec<String> = instance
             .network_interfaces()
             .iter()
             .filter_map(|n| n.network_interface_id().map(str::to_string))
             .collect();
-
         // The ENIs themselves are the truth about their groups (DescribeInstances can lag).
-        let enis = if eni_ids.is_empty() {
-            Vec::new()
-        } else {
-            call(
-                "DescribeNetworkInterfaces",
-                ec2.describe_network_interfaces()
-                    .set_network_interface_ids(Some(eni_ids.clone()))
-                    .send(),
-            )
-            .await?
-            .network_interfaces()
-            .to_vec()
-        };
-        let attached: BTreeSet<String> = enis
+        let enis = describe_enis(&ec2, eni_ids).await?;
+        Ok(Resolved {
+            network: instance.vpc_id().map(str::to_string),
+            public_ips: enis
+                .iter()
+                .filter_map(|e| e.association().and_then(|a| a.public_ip()))
+                .map(str::to_string)
+                .collect(),
+            interfaces: enis.iter().map(interface).collect(),
+            ..Resolved::default()
+        })
+    }
+
+    async fn observe(
+        &self,
+        target: &TargetKey,
+        locator: &Locator,
+        resolved: &Resolved,
+        recorded: &[String],
+    ) -> Result<Observation, CloudError> {
+        let (region, instance_id) = aws_locator(locator)?;
+        let ec2 = self.client(region);
+        let tid = target_id(target);
+
+        // Every group attached to the target, and those the record names (which may be
+        // gone), with their tags: by filter, so that a missing group is no error.
+        let attached: BTreeSet<String> = resolved
+            .interfaces
             .iter()
-            .flat_map(|e| {
-                e.groups()
-                    .iter()
-                    .filter_map(|g| g.group_id().map(str::to_string))
-            })
+            .flat_map(|i| i.attached.iter().cloned())
             .collect();
-        let attached_groups = groups(&ec2, attached.iter().cloned().collect(), Vec::new()).await?;
-        let managed: BTreeSet<String> = attached_groups
+        let wanted: BTreeSet<String> = attached.iter().chain(recorded).cloned().collect();
+        let described = groups(
+            &ec2,
+            Vec::new(),
+            vec![filter("group-id", wanted.iter().cloned())],
+        )
+        .await?;
+        let existing: BTreeSet<String> = described
             .iter()
-            .filter(|g| tag(g, TAG_MANAGED).is_some())
             .filter_map(|g| g.group_id().map(str::to_string))
             .collect();
+        let installation_groups: BTreeSet<String> = described
+            .iter()
+            .filter(|g| ours(g, &self.cluster))
+            .filter_map(|g| g.group_id().map(str::to_string))
+            .collect();
+        // Another installation's groups are foreign here: touching them is that
+        // installation's business, so they count as shared with someone else.
+        let other_installations: BTreeMap<String, String> = described
+            .iter()
+            .filter(|g| tag(g, TAG_MANAGED).is_some() && !ours(g, &self.cluster))
+            .filter_map(|g| {
+                Some((
+                    g.group_id()?.to_string(),
+                    format!(
+                        "Portcullis installation {:?}",
+                        tag(g, TAG_CLUSTER).unwrap_or("?")
+                    ),
+                ))
+            })
+            .collect();
+
+        // This target's owned groups, wherever they are.
         let owned_groups = groups(
             &ec2,
             Vec::new(),
-            vec![filter(&format!("tag:{TAG_TARGET}"), [tid.clone()])],
+            vec![
+                filter(&format!("tag:{TAG_TARGET}"), [tid.clone()]),
+                filter(&format!("tag:{TAG_CLUSTER}"), [self.cluster.clone()]),
+            ],
         )
         .await?;
-        // ENI → owned group; a group whose ENI tag is missing serves no ENI.
-        let mut owned_by_eni: BTreeMap<String, String> = BTreeMap::new();
-        let mut owned_location: BTreeMap<String, String> = BTreeMap::new();
-        for g in &owned_groups {
-            let (Some(id), Some(eni)) = (g.group_id(), tag(g, TAG_ENI)) else {
-                continue;
-            };
-            let attached_here = enis.iter().any(|e| {
-                e.network_interface_id() == Some(eni)
-                    && e.groups().iter().any(|x| x.group_id() == Some(id))
-            });
-            // Rules in an owned group that is not attached where it should be do not
-            // count as present: the plan puts them back through an attached group.
-            let location = if attached_here {
-                eni.to_string()
-            } else {
-                format!("detached:{eni}")
-            };
-            owned_by_eni
-                .entry(eni.to_string())
-                .or_insert_with(|| id.to_string());
-            owned_location.insert(id.to_string(), location);
-        }
-
-        let foreign_groups: Vec<String> = attached
+        let owned: Vec<OwnedGroup> = owned_groups
             .iter()
-            .filter(|g| !managed.contains(*g))
+            .filter_map(|g| {
+                let (id, eni) = (g.group_id()?, tag(g, TAG_ENI)?);
+                let attached_here = resolved
+                    .interfaces
+                    .iter()
+                    .any(|i| i.id == eni && i.attached.iter().any(|a| a == id));
+                Some(OwnedGroup {
+                    id: id.to_string(),
+                    eni: eni.to_string(),
+                    location: if attached_here {
+                        eni.to_string()
+                    } else {
+                        format!("detached:{eni}")
+                    },
+                })
+            })
+            .collect();
+
+        let foreign_groups: Vec<String> = existing
+            .iter()
+            .filter(|g| !installation_groups.contains(*g))
             .cloned()
             .collect();
-        let mut all: Vec<String> = foreign_groups.clone();
-        all.extend(owned_location.keys().cloned());
-        let rules = if all.is_empty() {
-            Vec::new()
-        } else {
-            ingress_rules(&ec2, &all).await?
-        };
+        let mut all = foreign_groups.clone();
+        all.extend(owned.iter().map(|g| g.id.clone()));
+        let rules = ingress_rules(&ec2, &all).await?;
+
+        // Who else uses the foreign groups.
+        let own_enis: BTreeSet<&str> = resolved.interfaces.iter().map(|i| i.id.as_str()).collect();
+        let mut group_users: BTreeMap<String, BTreeSet<String>> = foreign_groups
+            .iter()
+            .map(|g| (g.clone(), BTreeSet::new()))
+            .collect();
+        for e in enis_with_groups(&ec2, &foreign_groups).await? {
+            let Some(id) = e.network_interface_id() else {
+                continue;
+            };
+            if own_enis.contains(id) {
+                continue;
+            }
+            let user = e
+                .attachment()
+                .and_then(|a| a.instance_id())
+                .filter(|i| *i != instance_id)
+                .unwrap_or(id)
+                .to_string();
+            for g in e.groups().iter().filter_map(|g| g.group_id()) {
+                if let Some(users) = group_users.get_mut(g) {
+                    users.insert(user.clone());
+                }
+            }
+        }
+        for (g, who) in &other_installations {
+            group_users.entry(g.clone()).or_default().insert(who.clone());
+        }
 
         let mut observed = Observed {
-            locations: eni_ids.clone(),
+            locations: if resolved.vanished {
+                Vec::new()
+            } else {
+                resolved.interfaces.iter().map(|i| i.id.clone()).collect()
+            },
+            addresses: resolved
+                .private_ips()
+                .iter()
+                .filter_map(|a| a.parse().ok())
+                .collect(),
+            group_users,
+            gone_containers: recorded
+                .iter()
+                .filter(|g| !existing.contains(*g))
+                .cloned()
+                .collect(),
             ..Observed::default()
         };
-        for (group, location) in &owned_location {
+        for i in &resolved.interfaces {
+            observed.attached.insert(
+                i.id.clone(),
+                i.attached
+                    .iter()
+                    .filter(|g| !installation_groups.contains(*g))
+                    .cloned()
+                    .collect(),
+            );
+        }
+        for g in &owned {
             let in_group: Vec<&SecurityGroupRule> = rules
                 .iter()
-                .filter(|r| r.group_id() == Some(group))
+                .filter(|r| r.group_id() == Some(g.id.as_str()))
                 .collect();
             observed
                 .owned
-                .extend(convert::owned_rules(location, &in_group));
+                .extend(convert::owned_rules(&self.cluster, &g.location, &in_group));
         }
         observed.foreign = rules
             .iter()
@@ -375,45 +479,35 @@ impl Backend for AwsBackend {
             .filter_map(convert::foreign_rule)
             .collect();
 
-        let interfaces = enis
-            .iter()
-            .map(|e| {
-                let id = e.network_interface_id().unwrap_or_default().to_string();
-                let attached: Vec<String> = e
-                    .groups()
-                    .iter()
-                    .filter_map(|g| g.group_id().map(str::to_string))
-                    .collect();
-                Interface {
-                    groups: attached
-                        .iter()
-                        .filter(|g| !managed.contains(*g))
-                        .cloned()
-                        .collect(),
-                    owned_group: owned_by_eni.get(&id).cloned(),
-                    private_ips: e
-                        .private_ip_addresses()
-                        .iter()
-                        .filter_map(|a| a.private_ip_address().map(str::to_string))
-                        .collect(),
-                    attached,
-                    id,
-                }
-            })
-            .collect();
+        let mut resolved = resolved.clone();
+        for i in &mut resolved.interfaces {
+            i.groups = i
+                .attached
+                .iter()
+                .filter(|g| !installation_groups.contains(*g))
+                .cloned()
+                .collect();
+            i.owned_group = owned
+                .iter()
+                .find(|g| g.eni == i.id)
+                .map(|g| g.id.clone());
+        }
+        let housekeeping = owned.iter().any(|g| {
+            let empty = !rules.iter().any(|r| r.group_id() == Some(g.id.as_str()));
+            let stray = !observed.locations.contains(&g.location);
+            empty || stray
+        });
+        let mut owned_containers = BTreeMap::new();
+        for g in &owned {
+            owned_containers
+                .entry(g.eni.clone())
+                .or_insert_with(|| g.id.clone());
+        }
         Ok(Observation {
             observed,
-            resolved: Resolved {
-                network: vpc,
-                interfaces,
-                ..Resolved::default()
-            },
-            housekeeping: owned_groups_needing_cleanup(
-                &owned_groups,
-                &owned_location,
-                &rules,
-                &eni_ids,
-            ),
+            resolved,
+            owned_containers,
+            housekeeping,
         })
     }
 
@@ -427,80 +521,21 @@ impl Backend for AwsBackend {
         let (region, _) = aws_locator(locator)?;
         let ec2 = self.client(region);
         let tid = target_id(target);
-        let iface = |eni: &str| obs.resolved.interfaces.iter().find(|i| i.id == eni);
-        // Which owned group each owned rule is in: the location names the ENI.
-        let group_of_location = |loc: &str| -> Option<String> {
-            let eni = loc.strip_prefix("detached:").unwrap_or(loc);
-            owned_group_for(obs, eni)
-        };
+        let mut batches = Batches::of(&self.cluster, target, obs, plan);
 
-        // How many owned rules each location keeps after the plan: decides which groups
-        // must be attached and which are emptied.
-        let mut remaining: BTreeMap<String, i64> = BTreeMap::new();
-        for r in &obs.observed.owned {
-            *remaining.entry(r.location.clone()).or_default() += 1;
-        }
-
-        // 1. Owned rules out, batched per group.
-        let mut revoke: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        let mut revoke_foreign: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        let mut restamp: BTreeMap<String, Vec<SecurityGroupRuleUpdate>> = BTreeMap::new();
-        let mut restore: Vec<IpPermission> = Vec::new();
-        let mut restore_groups: Vec<String> = Vec::new();
-        let mut create: BTreeMap<String, Vec<IpPermission>> = BTreeMap::new();
-        for change in &plan.changes {
-            match change {
-                Change::DeleteOwned(rule) => {
-                    *remaining.entry(rule.location.clone()).or_default() -= 1;
-                    if let Some(g) = group_of_location(&rule.location) {
-                        revoke
-                            .entry(g)
-                            .or_default()
-                            .extend(rule.cloud_id.split(',').map(str::to_string));
-                    }
-                }
-                Change::RevokeForeign(rule) => {
-                    revoke_foreign
-                        .entry(rule.spec.container.clone())
-                        .or_default()
-                        .push(rule.cloud_id.clone());
-                }
-                Change::Restamp { rule, grant } => {
-                    if let Some(g) = group_of_location(&rule.location) {
-                        let protos = convert::ec2_protocols(rule.port.protocol);
-                        for (id, proto) in rule.cloud_id.split(',').zip(protos.iter()) {
-                            restamp.entry(g.clone()).or_default().push(
-                                SecurityGroupRuleUpdate::builder()
-                                    .security_group_rule_id(id)
-                                    .security_group_rule(convert::restamp_request(grant, proto))
-                                    .build(),
-                            );
-                        }
-                    }
-                }
-                Change::Unrecord(_) => {}
-                Change::RestoreForeign(spec) => {
-                    restore.push(convert::restore_permission(spec));
-                    restore_groups.push(spec.container.clone());
-                }
-                // The AWS baseline revokes instead of denying; the plan never asks.
-                Change::PutDeny { .. } => {}
-                Change::CreateGrant {
-                    location, grant, ..
-                } => {
-                    *remaining.entry(location.clone()).or_default() += 1;
-                    create
-                        .entry(location.clone())
-                        .or_default()
-                        .extend(convert::grant_permissions(grant));
-                }
-            }
-        }
-
-        for (group, ids) in revoke.iter().chain(revoke_foreign.iter()) {
+        // In plan order: owned rules out, carve-outs in, foreign rules revoked, stamps
+        // rewritten, recorded rules restored, carve-outs of restored rules out.
+        for (group, ids) in &batches.revoke_owned {
             revoke_rules(&ec2, group, ids).await?;
         }
-        for (group, updates) in restamp {
+        for (eni, perms) in std::mem::take(&mut batches.carve_outs) {
+            let group = self.owned_group_attached(&ec2, &tid, obs, &eni).await?;
+            authorize(&ec2, &group, perms).await?;
+        }
+        for (group, ids) in &batches.revoke_foreign {
+            revoke_rules(&ec2, group, ids).await?;
+        }
+        for (group, updates) in std::mem::take(&mut batches.restamp) {
             call(
                 "ModifySecurityGroupRules",
                 ec2.modify_security_group_rules()
@@ -510,153 +545,346 @@ impl Backend for AwsBackend {
             )
             .await?;
         }
-        for (group, perm) in restore_groups.iter().zip(restore) {
-            authorize(&ec2, group, vec![perm]).await?;
+        for (group, perm) in std::mem::take(&mut batches.restore) {
+            authorize(&ec2, &group, vec![perm]).await?;
+        }
+        for (group, ids) in &batches.revoke_carve_outs {
+            revoke_rules(&ec2, group, ids).await?;
         }
 
-        // 2. Owned groups: emptied ones go; needed ones exist and are attached.
-        for i in &obs.resolved.interfaces {
-            let Some(group) = &i.owned_group else {
-                continue;
-            };
-            let kept = remaining.get(&i.id).copied().unwrap_or(0)
-                + remaining
-                    .get(&format!("detached:{}", i.id))
-                    .copied()
-                    .unwrap_or(0);
-            if kept <= 0 && !create.contains_key(&i.id) {
-                detach(&ec2, i, group).await?;
-                delete_group(&ec2, group).await?;
+        // Owned groups that end up empty go (also those of ENIs that left the instance);
+        // those that keep or get rules are attached.
+        for g in owned_groups_of(obs) {
+            let kept = batches.remaining_in(&g.location)
+                + batches.remaining_in(&format!("detached:{}", g.eni));
+            if kept <= 0 && !batches.create.contains_key(&g.eni) {
+                self.remove_group(&ec2, &g.id).await?;
             }
         }
-        for (eni, perms) in create {
-            let Some(i) = iface(&eni) else { continue };
-            let group = match &i.owned_group {
-                Some(g) => g.clone(),
-                None => {
-                    ensure_group(
-                        &ec2,
-                        &self.cluster,
-                        &tid,
-                        &eni,
-                        obs.resolved.network.as_deref(),
-                    )
-                    .await?
-                }
-            };
-            attach(&ec2, i, &group).await?;
+        for (eni, perms) in std::mem::take(&mut batches.create) {
+            let group = self.owned_group_attached(&ec2, &tid, obs, &eni).await?;
             authorize(&ec2, &group, perms).await?;
         }
         // Owned groups that kept rules but were detached by someone: attach them again.
         for i in &obs.resolved.interfaces {
             if let Some(group) = &i.owned_group
-                && remaining.get(&i.id).copied().unwrap_or(0) > 0
+                && batches.remaining_in(&i.id) > 0
             {
-                attach(&ec2, i, group).await?;
+                attach(&ec2, &i.id, group).await?;
             }
         }
         Ok(())
     }
 
-    async fn sweep(&self, now: Timestamp, live: &Live) -> Result<SweepReport, CloudError> {
+    async fn sweep(&self, now: Timestamp, live: &Live) -> SweepReport {
         let mut report = SweepReport::default();
         for region in &live.aws_regions {
-            let ec2 = self.client(region);
-            let owned = groups(
-                &ec2,
-                Vec::new(),
-                vec![filter(
-                    &format!("tag:{TAG_CLUSTER}"),
-                    [self.cluster.clone()],
-                )],
-            )
-            .await?;
-            if owned.is_empty() {
-                continue;
-            }
-            let ids: Vec<String> = owned
-                .iter()
-                .filter_map(|g| g.group_id().map(str::to_string))
-                .collect();
-            let rules = ingress_rules(&ec2, &ids).await?;
-            for g in &owned {
-                let Some(id) = g.group_id() else { continue };
-                let target_live = tag(g, TAG_TARGET).is_some_and(|t| live.targets.contains(t));
-                let mut gone = Vec::new();
-                for r in rules.iter().filter(|r| r.group_id() == Some(id)) {
-                    let stamp = r.description().and_then(stamp::parse);
-                    let expired = stamp
-                        .as_ref()
-                        .and_then(|s| s.expires_at)
-                        .is_some_and(|t| t <= now);
-                    let orphan = !target_live
-                        || stamp
-                            .as_ref()
-                            .is_none_or(|s| !live.requests.contains(&s.owner));
-                    if let Some(rid) = r.security_group_rule_id() {
-                        if expired {
-                            report.expired += 1;
-                            gone.push(rid.to_string());
-                        } else if orphan {
-                            report.orphaned += 1;
-                            gone.push(rid.to_string());
-                        }
-                    }
-                }
-                revoke_rules(&ec2, id, &gone).await?;
-                if !target_live {
-                    // Nobody reconciles this group any more: detach it wherever it is.
-                    let enis = call(
-                        "DescribeNetworkInterfaces",
-                        ec2.describe_network_interfaces()
-                            .filters(filter("group-id", [id]))
-                            .send(),
-                    )
-                    .await?;
-                    for e in enis.network_interfaces() {
-                        let i = Interface {
-                            id: e.network_interface_id().unwrap_or_default().to_string(),
-                            attached: e
-                                .groups()
-                                .iter()
-                                .filter_map(|g| g.group_id().map(str::to_string))
-                                .collect(),
-                            ..Interface::default()
-                        };
-                        detach(&ec2, &i, id).await?;
-                    }
-                    delete_group(&ec2, id).await?;
-                    report.groups_deleted += 1;
-                }
+            if let Err(e) = self.sweep_region(region, now, live, &mut report).await {
+                warn!(region, error = %e, "cannot sweep the region; the others go on");
+                report.errors.push((format!("AWS region {region}"), e));
             }
         }
-        Ok(report)
+        report
     }
 }
 
-fn owned_group_for(obs: &Observation, eni: &str) -> Option<String> {
-    obs.resolved
-        .interfaces
+/// A plan's changes as EC2 calls, batched per group.
+#[derive(Default)]
+struct Batches {
+    revoke_owned: BTreeMap<String, Vec<String>>,
+    carve_outs: BTreeMap<String, Vec<IpPermission>>,
+    revoke_foreign: BTreeMap<String, Vec<String>>,
+    restamp: BTreeMap<String, Vec<SecurityGroupRuleUpdate>>,
+    restore: Vec<(String, IpPermission)>,
+    revoke_carve_outs: BTreeMap<String, Vec<String>>,
+    create: BTreeMap<String, Vec<IpPermission>>,
+    /// How many owned rules each location keeps after the plan.
+    remaining: BTreeMap<String, i64>,
+}
+
+impl Batches {
+    fn of(cluster: &str, target: &TargetKey, obs: &Observation, plan: &Plan) -> Batches {
+        let mut b = Batches::default();
+        for r in &obs.observed.owned {
+            *b.remaining.entry(r.location.clone()).or_default() += 1;
+        }
+        let group_of = |loc: &str| -> Option<String> {
+            let eni = loc.strip_prefix("detached:").unwrap_or(loc);
+            owned_group_for(obs, eni)
+        };
+        let baseline = Stamp::baseline(&target.policy);
+        for change in &plan.changes {
+            match change {
+                Change::DeleteOwned(rule) => {
+                    *b.remaining.entry(rule.location.clone()).or_default() -= 1;
+                    let Some(g) = group_of(&rule.location) else {
+                        continue;
+                    };
+                    let into = if matches!(rule.kind, OwnedKind::CarveOut(_)) {
+                        &mut b.revoke_carve_outs
+                    } else {
+                        &mut b.revoke_owned
+                    };
+                    into.entry(g)
+                        .or_default()
+                        .extend(rule.cloud_id.split(',').map(str::to_string));
+                }
+                Change::CreateCarveOut { location, shape } => {
+                    *b.remaining.entry(location.clone()).or_default() += 1;
+                    b.carve_outs
+                        .entry(location.clone())
+                        .or_default()
+                        .push(convert::carve_out_permission(cluster, &baseline, shape));
+                }
+                Change::RevokeForeign(rule) => b
+                    .revoke_foreign
+                    .entry(rule.spec.container.clone())
+                    .or_default()
+                    .push(rule.cloud_id.clone()),
+                Change::Restamp { rule, grant, .. } => {
+                    let (Some(g), Some(key)) = (group_of(&rule.location), rule.grant()) else {
+                        continue;
+                    };
+                    let protos = convert::ec2_protocols(key.port.protocol);
+                    for (id, proto) in rule.cloud_id.split(',').zip(protos.iter()) {
+                        b.restamp.entry(g.clone()).or_default().push(
+                            SecurityGroupRuleUpdate::builder()
+                                .security_group_rule_id(id)
+                                .security_group_rule(convert::restamp_request(
+                                    cluster, grant, proto,
+                                ))
+                                .build(),
+                        );
+                    }
+                }
+                Change::Unrecord(_) | Change::Forget(_) => {}
+                Change::RestoreForeign(spec) => b
+                    .restore
+                    .push((spec.container.clone(), convert::restore_permission(spec))),
+                // The AWS baseline revokes instead of denying; the plan never asks.
+                Change::PutDeny { .. } => {}
+                Change::CreateGrant {
+                    location, grant, ..
+                } => {
+                    *b.remaining.entry(location.clone()).or_default() += 1;
+                    b.create
+                        .entry(location.clone())
+                        .or_default()
+                        .extend(convert::grant_permissions(cluster, grant));
+                }
+            }
+        }
+        b
+    }
+
+    fn remaining_in(&self, location: &str) -> i64 {
+        self.remaining.get(location).copied().unwrap_or(0)
+    }
+}
+
+/// The owned groups an observation found (attached or not).
+fn owned_groups_of(obs: &Observation) -> Vec<OwnedGroup> {
+    obs.owned_containers
         .iter()
-        .find(|i| i.id == eni)
-        .and_then(|i| i.owned_group.clone())
+        .map(|(eni, id)| {
+            let attached = obs
+                .resolved
+                .interfaces
+                .iter()
+                .any(|i| &i.id == eni && i.attached.contains(id));
+            OwnedGroup {
+                id: id.clone(),
+                eni: eni.clone(),
+                location: if attached {
+                    eni.clone()
+                } else {
+                    format!("detached:{eni}")
+                },
+            }
+        })
+        .collect()
 }
 
-/// Whether an owned group of this target is empty (to be deleted) although the plan may
-/// have nothing to do.
-fn owned_groups_needing_cleanup(
-    owned: &[SecurityGroup],
-    locations: &BTreeMap<String, String>,
-    rules: &[SecurityGroupRule],
-    enis: &[String],
-) -> bool {
-    owned.iter().filter_map(|g| g.group_id()).any(|id| {
-        let empty = !rules.iter().any(|r| r.group_id() == Some(id));
-        let stray = locations.get(id).is_none_or(|l| !enis.contains(l));
-        empty || stray
-    })
+impl AwsBackend {
+    /// The owned group of `eni` for this target, created (or found after a crash) and
+    /// attached to the ENI.
+    async fn owned_group_attached(
+        &self,
+        ec2: &Client,
+        tid: &str,
+        obs: &Observation,
+        eni: &str,
+    ) -> Result<String, CloudError> {
+        let group = match owned_group_for(obs, eni) {
+            Some(g) => g,
+            None => {
+                ensure_group(
+                    ec2,
+                    &self.cluster,
+                    tid,
+                    eni,
+                    obs.resolved.network.as_deref(),
+                )
+                .await?
+            }
+        };
+        attach(ec2, eni, &group).await?;
+        Ok(group)
+    }
+
+    /// Detaches an owned group from every ENI it is on and deletes it.
+    async fn remove_group(&self, ec2: &Client, group: &str) -> Result<(), CloudError> {
+        for e in enis_with_groups(ec2, &[group.to_string()]).await? {
+            if let Some(id) = e.network_interface_id() {
+                detach(ec2, id, group).await?;
+            }
+        }
+        delete_group(ec2, group).await
+    }
+
+    async fn sweep_region(
+        &self,
+        region: &str,
+        now: Timestamp,
+        live: &Live,
+        report: &mut SweepReport,
+    ) -> Result<(), CloudError> {
+        let ec2 = self.client(region);
+        let owned = groups(
+            &ec2,
+            Vec::new(),
+            vec![filter(
+                &format!("tag:{TAG_CLUSTER}"),
+                [self.cluster.clone()],
+            )],
+        )
+        .await?;
+        let owned: Vec<&SecurityGroup> = owned.iter().filter(|g| ours(g, &self.cluster)).collect();
+        if owned.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<String> = owned
+            .iter()
+            .filter_map(|g| g.group_id().map(str::to_string))
+            .collect();
+        let rules = ingress_rules(&ec2, &ids).await?;
+        for g in owned {
+            let Some(id) = g.group_id() else { continue };
+            let target_live = tag(g, TAG_TARGET).is_some_and(|t| live.targets.contains(t));
+            let mut gone = Vec::new();
+            for r in rules.iter().filter(|r| r.group_id() == Some(id)) {
+                let stamp = r
+                    .description()
+                    .and_then(|d| stamp::parse_own(&self.cluster, d));
+                let expired = stamp
+                    .as_ref()
+                    .and_then(|s| s.expires_at)
+                    .is_some_and(|t| t <= now);
+                let owner_live = stamp.as_ref().is_some_and(|s| match s.expires_at {
+                    Some(_) => live.requests.contains(&s.owner),
+                    // Carve-outs belong to the policy.
+                    None => live.policies.contains(&s.owner),
+                });
+                let Some(rid) = r.security_group_rule_id() else {
+                    continue;
+                };
+                if expired {
+                    report.expired += 1;
+                    gone.push(rid.to_string());
+                } else if !target_live || !owner_live {
+                    report.orphaned += 1;
+                    gone.push(rid.to_string());
+                }
+            }
+            if let Err(e) = revoke_rules(&ec2, id, &gone).await {
+                report.errors.push((format!("security group {id}"), e));
+                continue;
+            }
+            if !target_live {
+                // Nobody reconciles this group any more: detach it wherever it is.
+                match self.remove_group(&ec2, id).await {
+                    Ok(()) => report.groups_deleted += 1,
+                    Err(e) => report.errors.push((format!("security group {id}"), e)),
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
+/// The interface as resolved (groups split into owned and foreign by `observe`).
+fn interface(e: &aws_sdk_ec2::types::NetworkInterface) -> Interface {
+    Interface {
+        id: e.network_interface_id().unwrap_or_default().to_string(),
+        attached: e
+            .groups()
+            .iter()
+            .filter_map(|g| g.group_id().map(str::to_string))
+            .collect(),
+        private_ips: e
+            .private_ip_addresses()
+            .iter()
+            .filter_map(|a| a.private_ip_address().map(str::to_string))
+            .chain(
+                e.ipv6_addresses()
+                    .iter()
+                    .filter_map(|a| a.ipv6_address().map(str::to_string)),
+            )
+            .collect(),
+        ..Interface::default()
+    }
+}
+
+/// Describes ENIs by id (all of them, in one call).
+async fn describe_enis(
+    ec2: &Client,
+    ids: Vec<String>,
+) -> Result<Vec<aws_sdk_ec2::types::NetworkInterface>, CloudError> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(call(
+        "DescribeNetworkInterfaces",
+        ec2.describe_network_interfaces()
+            .set_network_interface_ids(Some(ids))
+            .send(),
+    )
+    .await?
+    .network_interfaces()
+    .to_vec())
+}
+
+/// Every ENI that carries one of `groups`, all pages.
+async fn enis_with_groups(
+    ec2: &Client,
+    groups: &[String],
+) -> Result<Vec<aws_sdk_ec2::types::NetworkInterface>, CloudError> {
+    let mut out = Vec::new();
+    for chunk in groups.chunks(200) {
+        let mut token = None;
+        loop {
+            let page = call(
+                "DescribeNetworkInterfaces",
+                ec2.describe_network_interfaces()
+                    .filters(filter("group-id", chunk.iter().cloned()))
+                    .set_next_token(token.take())
+                    .max_results(1000)
+                    .send(),
+            )
+            .await?;
+            out.extend(page.network_interfaces().iter().cloned());
+            match page.next_token() {
+                Some(t) if !t.is_empty() => token = Some(t.to_string()),
+                _ => break,
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn owned_group_for(obs: &Observation, eni: &str) -> Option<String> {
+    obs.owned_containers.get(eni).cloned()
+}
 /// Sends `items` in one call; when EC2 refuses the whole batch because of one benign item
 /// (a rule already gone, a permission already there), sends them one by one.
 /// `send` answers whether the call went through (`false`: refused as benign).
@@ -717,7 +945,7 @@ async fn ensure_group(
     eni: &str,
     vpc: Option<&str>,
 ) -> Result<String, CloudError> {
-    let name = owned_group_name(eni, target);
+    let name = owned_group_name(cluster, eni, target);
     let tags = TagSpecification::builder()
         .resource_type(ResourceType::SecurityGroup)
         .tags(Tag::builder().key(TAG_MANAGED).value("true").build())
@@ -740,32 +968,61 @@ async fn ensure_group(
     if let Some(id) = created.and_then(|c| c.group_id().map(str::to_string)) {
         return Ok(id);
     }
-    // Created before a crash: find it by its deterministic name.
+    // Created before a crash: find it by its deterministic name, and adopt it only when
+    // its tags say it is this installation's group for this target and ENI (a group
+    // someone else made with that name is not ours to fill with grants).
     let mut filters = vec![filter("group-name", [name.clone()])];
     if let Some(v) = vpc {
         filters.push(filter("vpc-id", [v]));
     }
-    groups(ec2, Vec::new(), filters)
-        .await?
-        .first()
-        .and_then(|g| g.group_id().map(str::to_string))
-        .ok_or_else(|| CloudError::Retryable {
+    let found = groups(ec2, Vec::new(), filters).await?;
+    let Some(g) = found.first() else {
+        return Err(CloudError::Retryable {
             op: "CreateSecurityGroup",
             code: "InvalidGroup.Duplicate".into(),
             message: format!("group {name} exists but cannot be found yet"),
-        })
+        });
+    };
+    let mine = ours(g, cluster) && tag(g, TAG_TARGET) == Some(target) && tag(g, TAG_ENI) == Some(eni);
+    if !mine {
+        return Err(CloudError::InUse {
+            op: "CreateSecurityGroup",
+            code: "InvalidGroup.Duplicate".into(),
+            message: format!(
+                "a security group named {name} ({}) exists without this installation's tags; Portcullis will not adopt it: delete or rename it",
+                g.group_id().unwrap_or("?")
+            ),
+        });
+    }
+    Ok(g.group_id().unwrap_or_default().to_string())
 }
 
-async fn attach(ec2: &Client, iface: &Interface, group: &str) -> Result<(), CloudError> {
-    if iface.attached.iter().any(|g| g == group) {
-        return Ok(());
-    }
-    let mut groups = iface.attached.clone();
-    groups.push(group.to_string());
+/// The groups attached to an ENI right now: read just before the ENI's group list is
+/// written, so a change someone made meanwhile is not reverted.
+async fn current_groups(ec2: &Client, eni: &str) -> Result<Option<Vec<String>>, CloudError> {
+    let found = call_tolerant(
+        "DescribeNetworkInterfaces",
+        &["InvalidNetworkInterfaceID.NotFound"],
+        ec2.describe_network_interfaces()
+            .network_interface_ids(eni)
+            .send(),
+    )
+    .await?;
+    Ok(found.and_then(|out| {
+        out.network_interfaces().first().map(|e| {
+            e.groups()
+                .iter()
+                .filter_map(|g| g.group_id().map(str::to_string))
+                .collect()
+        })
+    }))
+}
+
+async fn set_groups(ec2: &Client, eni: &str, groups: Vec<String>) -> Result<(), CloudError> {
     call(
         "ModifyNetworkInterfaceAttribute",
         ec2.modify_network_interface_attribute()
-            .network_interface_id(&iface.id)
+            .network_interface_id(eni)
             .set_groups(Some(groups))
             .send(),
     )
@@ -773,29 +1030,30 @@ async fn attach(ec2: &Client, iface: &Interface, group: &str) -> Result<(), Clou
     Ok(())
 }
 
-async fn detach(ec2: &Client, iface: &Interface, group: &str) -> Result<(), CloudError> {
-    if !iface.attached.iter().any(|g| g == group) {
+async fn attach(ec2: &Client, eni: &str, group: &str) -> Result<(), CloudError> {
+    let Some(mut groups) = current_groups(ec2, eni).await? else {
+        return Ok(());
+    };
+    if groups.iter().any(|g| g == group) {
         return Ok(());
     }
-    let groups: Vec<String> = iface
-        .attached
-        .iter()
-        .filter(|g| *g != group)
-        .cloned()
-        .collect();
+    groups.push(group.to_string());
+    set_groups(ec2, eni, groups).await
+}
+
+async fn detach(ec2: &Client, eni: &str, group: &str) -> Result<(), CloudError> {
+    let Some(groups) = current_groups(ec2, eni).await? else {
+        return Ok(());
+    };
+    if !groups.iter().any(|g| g == group) {
+        return Ok(());
+    }
+    let groups: Vec<String> = groups.into_iter().filter(|g| g != group).collect();
     if groups.is_empty() {
         // An ENI must keep one group; leaving ours (now empty) there opens nothing.
         return Ok(());
     }
-    call(
-        "ModifyNetworkInterfaceAttribute",
-        ec2.modify_network_interface_attribute()
-            .network_interface_id(&iface.id)
-            .set_groups(Some(groups))
-            .send(),
-    )
-    .await?;
-    Ok(())
+    set_groups(ec2, eni, groups).await
 }
 
 async fn delete_group(ec2: &Client, group: &str) -> Result<(), CloudError> {

@@ -108,6 +108,18 @@ pub(crate) fn classify(
             message,
         };
     }
+    if matches!(status, Some(401 | 403))
+        || code == "AuthorizationFailed"
+        || code == "InvalidAuthenticationToken"
+    {
+        return CloudError::Unauthorized {
+            op,
+            code,
+            message: format!(
+                "{message} (check the operator's Azure identity and its role assignment on {id})"
+            ),
+        };
+    }
     let another_operation =
         code == "Conflict" && message.to_ascii_lowercase().contains("another operation");
     if status.is_some_and(|s| s >= 500) || code_is(RETRYABLE) || another_operation {
@@ -220,14 +232,7 @@ mod tests {
     }
 
     fn code_of(e: &CloudError) -> &str {
-        match e {
-            CloudError::Throttled { code, .. }
-            | CloudError::Retryable { code, .. }
-            | CloudError::NotFound { code, .. }
-            | CloudError::Limit { code, .. }
-            | CloudError::Unsupported { code, .. }
-            | CloudError::Fatal { code, .. } => code,
-        }
+        e.code()
     }
 
     #[test]
@@ -251,7 +256,7 @@ mod tests {
             (Some(400), "PublicIPCountQuotaExceeded", "", "limit"),
             (Some(400), "SecurityRuleConflict", "", "fatal"),
             (Some(400), "InvalidRequestFormat", "", "fatal"),
-            (Some(403), "AuthorizationFailed", "", "fatal"),
+            (Some(403), "AuthorizationFailed", "", "unauthorized"),
             (None, "AnotherOperationInProgress", "", "retryable"),
             (None, "SecurityRuleConflict", "", "fatal"),
             (None, "TooManyRequests", "", "throttled"),

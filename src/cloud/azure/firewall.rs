@@ -217,7 +217,7 @@ pub async fn sweep_firewall(
             return Ok(SweepReport {
                 expired: swept.expired,
                 orphaned: swept.orphaned,
-                groups_deleted: 0,
+                ..SweepReport::default()
             });
         }
     }

@@ -1,23 +1,8 @@
 //! Names of owned collections and rules: deterministic, and whole-name matched.
 
 use super::super::model::{Grant, PortSpec, Proto, TargetKey};
-use super::super::stamp::short_hash;
+use super::super::stamp::{cluster_id, short_hash};
 use super::{Collection, CollectionKind, PREFIX};
-
-/// The short, name-safe form of an installation's name.
-pub fn cluster_tag(cluster: &str) -> String {
-    let plain = (1..=24).contains(&cluster.len())
-        && cluster
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-        && !cluster.starts_with('-')
-        && !cluster.ends_with('-');
-    if plain {
-        cluster.to_string()
-    } else {
-        short_hash(cluster)
-    }
-}
 
 /// Eight hex digits naming a target in rule and collection names.
 pub fn target_tag(target: &TargetKey) -> String {
@@ -34,11 +19,17 @@ pub struct Names {
 }
 
 impl Names {
-    /// The names for installation `cluster`.
+    /// The names for installation `cluster` (`--cluster-name`), which appears in them as
+    /// its stamp id ([`cluster_id`]).
     pub fn new(cluster: &str) -> Names {
         Names {
-            tag: cluster_tag(cluster),
+            tag: cluster_id(cluster),
         }
+    }
+
+    /// The installation's id, as its stamps carry it.
+    pub fn cluster(&self) -> &str {
+        &self.tag
     }
 
     /// The NAT collection.

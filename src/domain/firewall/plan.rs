@@ -329,7 +329,7 @@ fn grant_collections(
             continue;
         };
         let t = g.m.target;
-        let description = Some(stamp::format(&g.grant.stamp()));
+        let description = Some(stamp::format(scene.names.cluster(), &g.grant.stamp()));
         let protocols = protocols(g.grant.port.protocol);
         let source = g.grant.source.to_string();
         nat_rules.push(FwRule {
@@ -478,7 +478,10 @@ fn deny_collection(
         return None;
     };
     slots.used_net.insert(priority);
-    let description = Some(stamp::format(&Stamp::baseline(&t.key.policy)));
+    let description = Some(stamp::format(
+        scene.names.cluster(),
+        &Stamp::baseline(&t.key.policy),
+    ));
     let destinations: Vec<String> = t.private_ips.iter().map(ToString::to_string).collect();
     let rules = placeable
         .into_iter()

@@ -48,7 +48,11 @@ pub fn sweep(observed: &FirewallObserved, cluster: &str, scope: SweepScope) -> S
         let deny_of = names.deny_target(&c.name);
         let mut kept = Vec::new();
         for rule in &c.rules {
-            let stamp = rule.description.as_deref().and_then(stamp::parse);
+            // A stamp of another installation in our collection is nobody's here.
+            let stamp = rule
+                .description
+                .as_deref()
+                .and_then(|d| stamp::parse_own(names.cluster(), d));
             let (live, expired) = match (deny_of, &stamp) {
                 (_, None) => (false, false),
                 (Some(target), Some(s)) => (

@@ -166,7 +166,7 @@ fn an_empty_firewall_gets_a_dnat_an_allow_and_a_deny_collection() {
         dnat.rules,
         vec![FwRule {
             name: name.clone(),
-            description: Some(stamp::format(&t.grants[0].stamp())),
+            description: Some(stamp::format(CLUSTER, &t.grants[0].stamp())),
             protocols: vec!["TCP".into()],
             sources: vec!["203.0.113.7/32".into()],
             destinations: vec![PUBLIC.into()],
@@ -185,7 +185,10 @@ fn an_empty_firewall_gets_a_dnat_an_allow_and_a_deny_collection() {
     assert_eq!(deny.rules[0].name, "22tcp");
     assert_eq!(deny.rules[0].sources, ["*"]);
     assert_eq!(
-        deny.rules[0].description.as_deref().and_then(stamp::parse),
+        deny.rules[0]
+            .description
+            .as_deref()
+            .and_then(|d| stamp::parse_own(CLUSTER, d)),
         Some(Stamp::baseline(&t.key.policy))
     );
     assert_eq!(
@@ -443,9 +446,13 @@ fn installations_own_only_their_own_names() {
         !a.owns(&other("portcullis-a-dnat")),
         "a NAT name on a network collection"
     );
-    assert_eq!(cluster_tag("prod-eu"), "prod-eu");
-    assert_eq!(cluster_tag("Prod EU").len(), 8);
-    assert_eq!(cluster_tag(&"x".repeat(40)).len(), 8);
+    assert_eq!(Names::new("prod-eu").nat(), "portcullis-prod-eu-dnat");
+    let odd = Names::new("Prod EU");
+    assert_eq!(
+        odd.nat(),
+        format!("portcullis-{}-dnat", stamp::cluster_id("Prod EU"))
+    );
+    assert!(odd.nat().len() <= 80);
 }
 
 #[test]

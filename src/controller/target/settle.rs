@@ -1,0 +1,213 @@
+//! A target's requests after a run: their statuses from what the cloud shows, events,
+//! and letting go of deleted requests once nothing of theirs is open.
+
+use std::sync::Arc;
+
+use kube::ResourceExt;
+
+use super::decide::{Decision, RequestInput};
+use super::run::Memory;
+use crate::api::{AccessRequest, AccessRequestStatus, Phase, PortStatus, Requester};
+use crate::controller::convert::{self, time};
+use crate::controller::kube_ops::{remove_finalizer, write_request_status};
+use crate::controller::request_status::{announce, phase_of, refused_ports, request_conditions};
+use crate::controller::{Context, FINALIZER};
+use crate::domain::{
+    BlockKind, Blocked, Observed, PortState, Request, RequestOutcome, RuleKey, TargetKey, stamp,
+    validate,
+};
+
+/// A request of the target as the run read it.
+pub struct Gathered {
+    /// The object (from the cache).
+    pub object: Arc<AccessRequest>,
+    /// Parsed, or why not.
+    pub input: RequestInput,
+    /// Who asked, when the stamp verifies.
+    pub requester: Option<Requester>,
+}
+
+/// What the run found, for the requests' statuses.
+pub struct Findings<'a> {
+    /// What the cloud shows after the run (`None`: it could not be read).
+    pub observed: Option<&'a Observed>,
+    /// Why something did not happen, for ports still pending.
+    pub trouble: Option<&'a str>,
+    /// What cannot be placed.
+    pub blocked: &'a [Blocked],
+}
+
+/// Writes the statuses of the target's requests (only what changed) and removes the
+/// finalizer of deleted requests once nothing of theirs is open.
+pub async fn settle(
+    ctx: &Context,
+    key: &TargetKey,
+    decision: &Decision,
+    gathered: &[Gathered],
+    found: &Findings<'_>,
+    mem: &mut Memory,
+) {
+    let now = time(ctx.now());
+    for g in gathered {
+        let req = &g.object;
+        let old = req.status.clone().unwrap_or_default();
+        let mut s = status(decision, g, found, &old);
+        s.observed_generation = req.metadata.generation;
+        s.requester = g.requester.clone();
+        s.phase = Some(phase_of(&s.ports));
+        if s.phase == Some(Phase::Active) && s.granted_at.is_none() {
+            s.granted_at = Some(now.clone());
+        }
+        let finished = matches!(
+            s.phase,
+            Some(Phase::Expired | Phase::Revoked | Phase::Denied | Phase::Failed)
+        );
+        s.finished_at = if finished {
+            old.finished_at.clone().or(Some(now.clone()))
+        } else {
+            None
+        };
+        request_conditions(&mut s, req.metadata.generation, ctx);
+        let last = mem.written.get(&g.input.key).unwrap_or(&old);
+        if *last != s {
+            match write_request_status(ctx, req, &s).await {
+                Ok(()) => {
+                    announce(ctx, req, last, &s).await;
+                    mem.written.insert(g.input.key.clone(), s.clone());
+                }
+                Err(e) => tracing::warn!(request = %g.input.key, error = %e, "cannot write the request's status"),
+            }
+        }
+        // A deleted request lets go once nothing of it is open.
+        let deleting = req.metadata.deletion_timestamp.is_some();
+        let holds_rules = found.observed.is_none_or(|o| {
+            let owner = stamp::owner_id(&g.input.key);
+            o.owned.iter().any(|r| r.stamp.owner == owner)
+        });
+        let open = s
+            .ports
+            .iter()
+            .any(|p| p.state == Phase::Active || p.state == Phase::Pending);
+        let never_opened = g.input.parsed.is_err();
+        if deleting
+            && req.finalizers().iter().any(|f| f == FINALIZER)
+            && (never_opened || (!open && !holds_rules))
+            && let Err(e) = remove_finalizer(ctx, req).await
+        {
+            tracing::warn!(request = %g.input.key, error = %e, "cannot remove the finalizer");
+        }
+    }
+    tracing::debug!(target = %key, requests = gathered.len(), "requests settled");
+}
+
+/// A request's status from the decision and what the cloud shows.
+fn status(
+    decision: &Decision,
+    g: &Gathered,
+    found: &Findings<'_>,
+    old: &AccessRequestStatus,
+) -> AccessRequestStatus {
+    let mut s = old.clone();
+    let r = match &g.input.parsed {
+        Err(errors) => {
+            s.ports = refused_ports(&g.object, old);
+            s.message = Some(validate::join(errors));
+            return s;
+        }
+        Ok(r) => r,
+    };
+    let Some(outcome) = decision.outcomes.get(&r.key) else {
+        return s;
+    };
+    s.expires_at = outcome.expires_at().map(time);
+    let mut pending_why: Option<String> = None;
+    s.ports = r
+        .ports
+        .iter()
+        .zip(&outcome.ports)
+        .map(|(p, o)| {
+            let key = RuleKey {
+                port: p.spec,
+                source: p.source,
+            };
+            let (state, rule_ids, why) = match o.state {
+                PortState::Active => match open_in_every_location(found.observed, r, key) {
+                    Some(ids) => (PortState::Active, ids, None),
+                    None => match unsupported(found.blocked, p.spec) {
+                        Some(reason) => (PortState::Failed, Vec::new(), Some(reason)),
+                        None => (PortState::Pending, Vec::new(), None),
+                    },
+                },
+                other => (other, Vec::new(), None),
+            };
+            if let Some(why) = why {
+                pending_why = Some(why);
+            }
+            let (phase, reason) = convert::port_state_to_api(state);
+            PortStatus {
+                port: i32::from(p.spec.port.get()),
+                state: phase,
+                reason,
+                expires_at: Some(time(o.expires_at)),
+                rule_ids,
+                connection: None,
+            }
+        })
+        .collect();
+    s.message = Some(message(decision, outcome, &s.ports, found, pending_why));
+    s
+}
+
+/// The rule ids of the grant when it is open in every location the target has.
+fn open_in_every_location(
+    observed: Option<&Observed>,
+    r: &Request,
+    key: RuleKey,
+) -> Option<Vec<String>> {
+    let o = observed?;
+    if o.locations.is_empty() {
+        return None;
+    }
+    let owner = stamp::owner_id(&r.key);
+    let mut ids = Vec::new();
+    for location in &o.locations {
+        let rule = o.owned.iter().find(|x| {
+            &x.location == location && x.stamp.owner == owner && x.grant() == Some(key)
+        })?;
+        ids.extend(rule.cloud_id.split(',').map(str::to_string));
+    }
+    Some(ids)
+}
+
+fn unsupported(blocked: &[Blocked], port: crate::domain::PortSpec) -> Option<String> {
+    blocked
+        .iter()
+        .find(|b| b.kind == BlockKind::Unsupported && b.port == port)
+        .map(|b| b.reason.clone())
+}
+
+fn message(
+    decision: &Decision,
+    outcome: &RequestOutcome,
+    ports: &[PortStatus],
+    found: &Findings<'_>,
+    failed_why: Option<String>,
+) -> String {
+    match phase_of(ports) {
+        Phase::Active => format!(
+            "open until {}",
+            outcome.expires_at().map(|t| t.to_string()).unwrap_or_default()
+        ),
+        Phase::Pending => match (&decision.held, found.trouble) {
+            (Some(why), _) => format!(
+                "the policy's spec does not validate, so nothing new opens until it is fixed: {why}"
+            ),
+            (None, Some(t)) => format!("opening: {t}"),
+            (None, None) => "opening".to_string(),
+        },
+        Phase::Expired => "closed: the grant expired".to_string(),
+        Phase::Revoked => "closed before its time".to_string(),
+        Phase::Failed => failed_why.unwrap_or_else(|| "the cloud refused the grant".into()),
+        Phase::Denied => String::new(),
+    }
+}
