@@ -97,6 +97,7 @@ fn desired_at(now: Timestamp, firewall: &str, grants: Vec<Grant>) -> FirewallDes
             },
             private_ips: vec![VM_IP.parse().unwrap()],
             baseline: vec![ssh()],
+            hold: false,
             grants,
         }],
     }

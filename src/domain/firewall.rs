@@ -181,6 +181,9 @@ pub struct FirewallTarget {
     pub private_ips: Vec<IpAddr>,
     /// Ports kept closed (empty while the policy is being deleted).
     pub baseline: Vec<PortSpec>,
+    /// The policy's spec does not validate: the baseline stays exactly as it is (grants
+    /// still close on time).
+    pub hold: bool,
     /// Grants that should be open.
     pub grants: Vec<Grant>,
 }
@@ -239,6 +242,8 @@ pub struct FirewallBlocked {
     pub target: TargetKey,
     /// What.
     pub item: BlockedItem,
+    /// `Unsupported` when no retry can place it (an IPv6 source), else `Conflict`.
+    pub kind: super::plan::BlockKind,
     /// Why, for people.
     pub reason: String,
 }

@@ -224,6 +224,64 @@ pub async fn sweep_firewall(
     Err(lost_too_often(id))
 }
 
+/// Azure Firewall for one installation: the ARM client and the installation's name.
+#[derive(Clone, Debug)]
+pub struct FirewallBackend {
+    arm: ArmClient,
+    cluster: String,
+}
+
+impl FirewallBackend {
+    /// A backend on `arm` for installation `cluster` (`--cluster-name`).
+    pub fn new(arm: ArmClient, cluster: &str) -> Self {
+        FirewallBackend {
+            arm,
+            cluster: cluster.to_string(),
+        }
+    }
+
+    /// The installation's name.
+    pub fn cluster(&self) -> &str {
+        &self.cluster
+    }
+
+    /// Whether firewall `id` can be governed: `Unsupported` when Azure Firewall Manager
+    /// governs it, `NotFound` when it does not exist. Reads only.
+    pub async fn check(&self, id: &str) -> Result<(), CloudError> {
+        read_firewall(&self.arm, id).await.map(|_| ())
+    }
+
+    /// Reconciles firewall `firewall` for `targets` (the others behind it keep their
+    /// rules): see [`reconcile_firewall`].
+    pub async fn reconcile(
+        &self,
+        firewall: &str,
+        targets: Vec<firewall::FirewallTarget>,
+        now: Timestamp,
+    ) -> Result<FirewallOutcome, CloudError> {
+        let desired = FirewallDesired {
+            firewall: firewall.to_string(),
+            cluster: self.cluster.clone(),
+            now,
+            targets,
+        };
+        reconcile_firewall(&self.arm, &desired).await
+    }
+
+    /// Sweeps every firewall `live` names; a failure on one is reported and the others
+    /// are still swept.
+    pub async fn sweep(&self, now: Timestamp, live: &Live) -> SweepReport {
+        let mut total = SweepReport::default();
+        for id in &live.azure_firewalls {
+            match sweep_firewall(&self.arm, id, &self.cluster, now, live).await {
+                Ok(report) => total.absorb(report),
+                Err(e) => total.errors.push((format!("Azure Firewall {id}"), e)),
+            }
+        }
+        total
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,6 +7,7 @@
 //! bounds how many targets talk to the clouds at once; a target's own runs never overlap.
 
 pub mod decide;
+pub mod firewall;
 mod run;
 mod settle;
 

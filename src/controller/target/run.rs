@@ -15,6 +15,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::decide::{self, Cleanup, Decision, PolicyInput, RequestInput};
+use super::firewall;
 use super::settle::{self, Gathered};
 use super::{Next, Outcome, Trouble};
 use crate::api::policy::BaselineState;
@@ -130,6 +131,21 @@ async fn run_steps(
         }
     };
 
+    // A firewall that cannot be governed stops the target before anything is written.
+    if decision.cleanup.is_none()
+        && let Err(e) = firewall::check(ctx, &locator).await
+    {
+        let message = format!("target {}: {e}", key.target);
+        let outcome = trouble(mem, Trouble::of(&e), message.clone(), Some(resolved));
+        let denied = matches!(e, CloudError::Unsupported { .. }).then_some(message.as_str());
+        let found = settle::Findings {
+            denied,
+            ..settle::Findings::unobserved(&message)
+        };
+        settle::settle(ctx, key, &decision, &gathered, &found, mem).await;
+        return Ok((outcome, next));
+    }
+
     // Writes to one NSG are coordinated across every target and policy that shares it.
     let _guards = ctx.locks.lock(lock_ids(&locator, &resolved, record.as_ref())).await;
     let containers = recorded_containers(&locator, record.as_ref());
@@ -191,7 +207,8 @@ async fn run_steps(
     let again = verified
         .as_ref()
         .map(|v| plan_again(&decision, v, record_now.as_ref()));
-    let report = Report {
+    let fw = firewall::reconcile(ctx, key, &policy.spec, &decision.desired, &resolved).await;
+    let mut report = Report {
         converged: failure.is_none()
             && verified.as_ref().is_some_and(|v| !v.housekeeping)
             && again.as_ref().is_some_and(|p| p.is_empty() && p.blocked.is_empty()),
@@ -201,10 +218,20 @@ async fn run_steps(
         drift,
         verified,
     };
+    if let Some(fw) = &fw {
+        report.converged &= fw.converged();
+        report.blocked.extend(fw.blocked.iter().cloned());
+        if let (None, Some(e)) = (&report.error, &fw.error) {
+            report.error = Some(format!("target {}: {e}", key.target));
+            report.trouble = Some(Trouble::of(e));
+        }
+    }
     let found = settle::Findings {
         observed: report.verified.as_ref().map(|o| &o.observed),
         trouble: report.error.as_deref().or(held_back.as_deref()),
         blocked: &report.blocked,
+        firewall: fw.as_ref(),
+        denied: None,
     };
     settle::settle(ctx, key, &decision, &gathered, &found, mem).await;
 
@@ -263,11 +290,7 @@ async fn settle_unobserved(
     message: &str,
     mem: &mut Memory,
 ) {
-    let found = settle::Findings {
-        observed: None,
-        trouble: Some(message),
-        blocked: &[],
-    };
+    let found = settle::Findings::unobserved(message);
     settle::settle(ctx, key, decision, gathered, &found, mem).await;
 }
 

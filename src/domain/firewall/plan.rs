@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
 
 use super::super::model::{Grant, PortSpec, Stamp};
+use super::super::plan::BlockKind;
 use super::super::stamp;
 use super::names::{protocols, rule_target};
 use super::*;
@@ -76,6 +77,14 @@ impl<'a> Scene<'a> {
         }
     }
 
+    /// Whether the deny collection named `name` stays as it is: it belongs to a target
+    /// the plan does not manage, or to one whose policy is on hold.
+    fn keeps_deny(&self, name: &str) -> bool {
+        self.names
+            .deny_target(name)
+            .is_some_and(|t| self.managed.get(t).is_none_or(|m| m.target.hold))
+    }
+
     /// Whether a rule in the shared collections belongs to a managed target.
     fn is_managed_rule(&self, name: &str) -> bool {
         rule_target(name).is_some_and(|t| self.managed.contains_key(t))
@@ -118,12 +127,8 @@ impl Slots {
                 CollectionKind::Network => used_net.insert(c.priority),
             };
         }
-        for c in &scene.ours {
-            if let Some(tag) = scene.names.deny_target(&c.name)
-                && !scene.managed.contains_key(tag)
-            {
-                used_net.insert(c.priority);
-            }
+        for c in scene.ours.iter().filter(|c| scene.keeps_deny(&c.name)) {
+            used_net.insert(c.priority);
         }
         let bands = scene.managed.values().map(|m| m.target.settings.band);
         let lo = bands.clone().map(|b| b.first).min();
@@ -183,10 +188,12 @@ struct Placed<'a> {
     port: Option<u16>,
 }
 
+/// Something that cannot be placed now (room may free up, a foreign rule may change).
 fn blocked(target: &FirewallTarget, item: BlockedItem, reason: String) -> FirewallBlocked {
     FirewallBlocked {
         target: target.key.clone(),
         item,
+        kind: BlockKind::Conflict,
         reason,
     }
 }
@@ -202,23 +209,36 @@ fn grants<'a>(scene: &'a Scene, slots: &Slots, out: &mut Vec<FirewallBlocked>) -
                 request: grant.request.clone(),
                 port: grant.port,
             };
+            let never = BlockKind::Unsupported;
             let reason = if !grant.source.addr().is_ipv4() {
-                Some(format!(
-                    "Azure Firewall DNAT listens on the public IPv4 address {}: an IPv6 source ({}) cannot reach it",
-                    t.settings.public_ip, grant.source
+                Some((
+                    never,
+                    format!(
+                        "DNAT listens on the public IPv4 address {}: an IPv6 source ({}) cannot reach it",
+                        t.settings.public_ip, grant.source
+                    ),
                 ))
             } else if m.translated.is_none() {
-                Some("the VM has no private IPv4 address to translate to".into())
+                Some((
+                    never,
+                    "the VM has no private IPv4 address to translate to".into(),
+                ))
             } else if slots.nat.is_none() || slots.allow.is_none() {
-                Some(format!(
-                    "no free rule collection priority in {}-{} for the owned NAT and allow collections",
-                    t.settings.band.first, t.settings.band.last
+                Some((
+                    BlockKind::Conflict,
+                    format!(
+                        "no free rule collection priority in {}-{} for the owned NAT and allow collections",
+                        t.settings.band.first, t.settings.band.last
+                    ),
                 ))
             } else {
                 None
             };
-            if let Some(reason) = reason {
-                out.push(blocked(t, item(), reason));
+            if let Some((kind, reason)) = reason {
+                out.push(FirewallBlocked {
+                    kind,
+                    ..blocked(t, item(), reason)
+                });
                 continue;
             }
             let name = grant_rule_name(&m.tag, grant);
@@ -517,16 +537,10 @@ pub fn plan(desired: &FirewallDesired, observed: &FirewallObserved) -> FirewallP
     let mut placed = grants(&scene, &slots, &mut out);
     map_ports(&scene, &mut placed, &mut out);
     let (mut owned, connections) = grant_collections(&scene, &slots, &placed);
-    for c in &scene.ours {
-        let unmanaged = scene
-            .names
-            .deny_target(&c.name)
-            .is_some_and(|t| !scene.managed.contains_key(t));
-        if unmanaged {
-            owned.push((*c).clone());
-        }
+    for c in scene.ours.iter().filter(|c| scene.keeps_deny(&c.name)) {
+        owned.push((*c).clone());
     }
-    for m in scene.managed.values() {
+    for m in scene.managed.values().filter(|m| !m.target.hold) {
         owned.extend(deny_collection(&scene, m, &mut slots, &mut out));
     }
 

@@ -60,6 +60,7 @@ fn target(name: &str, ip: &str, baseline: Vec<PortSpec>, grants: Vec<Grant>) -> 
         settings: settings(),
         private_ips: vec![ip.parse().unwrap()],
         baseline,
+        hold: false,
         grants,
     }
 }
@@ -375,6 +376,34 @@ fn expired_grants_and_deleted_policies_leave_nothing() {
 }
 
 #[test]
+fn a_policy_on_hold_keeps_its_baseline_and_closes_grants() {
+    let t = target(
+        "web",
+        "10.0.0.4",
+        vec![ssh()],
+        vec![grant("r1", ssh(), "203.0.113.7/32", 600)],
+    );
+    let (p, after) = converge(&desired(vec![t.clone()]), &FirewallObserved::default());
+    let held = FirewallTarget {
+        baseline: vec![],
+        grants: vec![],
+        hold: true,
+        ..t.clone()
+    };
+    let (q, _) = converge(&desired(vec![held]), &after);
+    assert!(q.changed);
+    assert_eq!(
+        owned(&q, &deny_name(&t)),
+        owned(&p, &deny_name(&t)),
+        "the deny stays as it was"
+    );
+    assert!(
+        owned(&q, "portcullis-prod-dnat").is_none(),
+        "the grant closed"
+    );
+}
+
+#[test]
 fn targets_not_managed_by_the_plan_keep_their_rules() {
     let a = target(
         "a",
@@ -616,6 +645,7 @@ fn world_target(i: usize) -> impl Strategy<Value = (FirewallTarget, Vec<(Grant, 
                 },
                 private_ips: vec![IpAddr::V4(Ipv4Addr::new(10, 0, i as u8, 4))],
                 baseline: baseline.into_iter().collect(),
+                hold: false,
                 grants: Vec::new(),
             };
             (t, grants)
