@@ -236,6 +236,26 @@ async fn stale_etags_get_412_and_a_read_hook_changes_the_firewall_after_a_get() 
     poll_async(&client, &accepted).await;
     let again = client.get(&fw).await;
     assert_eq!(arm.firewall(&fw).unwrap()["etag"], again.body["etag"]);
+
+    // A change queued for the next write lands just before it: that write loses.
+    let etag = again.body["etag"].as_str().unwrap().to_string();
+    arm.on_next_firewall_write(&fw, |props| {
+        props["networkRuleCollections"]
+            .as_array_mut()
+            .unwrap()
+            .push(network_collection("later", 301));
+    });
+    let lost = client
+        .send(Method::PUT, &url, Some(&again.body), &[("If-Match", &etag)])
+        .await;
+    assert_eq!(lost.status, 412, "{}", lost.body);
+    let names: Vec<Value> = arm.firewall(&fw).unwrap()["properties"]["networkRuleCollections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].clone())
+        .collect();
+    assert_eq!(names, [json!("theirs"), json!("later")]);
 }
 
 #[tokio::test]

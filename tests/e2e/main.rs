@@ -7,5 +7,6 @@ mod support;
 
 mod aws;
 mod azure;
+mod azure_firewall;
 mod crd_schema;
 mod identity;

@@ -7,7 +7,8 @@
 //! secured virtual hub) refuses classic collections. A PUT while another one is in
 //! flight gets 429 `RetryableError` or 409 `AnotherOperationInProgress`, like a busy NSG.
 //! Tests can change the firewall behind a client's back right after it reads it
-//! ([`super::ArmEmulator::on_next_firewall_read`]) to provoke a 412.
+//! ([`super::ArmEmulator::on_next_firewall_read`]) or right before its next write lands
+//! ([`super::ArmEmulator::on_next_firewall_write`]) to provoke a 412.
 
 use serde_json::{Map, Value, json};
 
@@ -41,6 +42,9 @@ pub(crate) struct Firewall {
     pub busy: Option<String>,
     /// Applied right after the next GET of the firewall is answered.
     pub after_read: Option<Edit>,
+    /// Applied when the next PUT arrives, before its ETag is checked: whoever read the
+    /// firewall before now has lost the race.
+    pub before_write: Option<Edit>,
 }
 
 impl Firewall {
@@ -127,6 +131,12 @@ pub(crate) fn put(
     scope: &Scope,
     name: &str,
 ) -> Result<Reply, ArmError> {
+    if let Some(fw) = state.model.firewall_mut(&scope.id(FIREWALL_TYPE, name))
+        && let Some(edit) = fw.before_write.take()
+    {
+        edit(&mut fw.props);
+        fw.etag = new_etag();
+    }
     let existing = state.model.firewall(&scope.id(FIREWALL_TYPE, name));
     let id = existing.map_or_else(|| scope.id(FIREWALL_TYPE, name), |f| f.id.clone());
     let old = existing.map(|f| (f.location.clone(), f.etag.clone(), f.props.clone()));
@@ -176,6 +186,7 @@ pub(crate) fn put(
         props,
         busy: None,
         after_read: None,
+        before_write: None,
     };
     state.model.firewalls.insert(ids::key(&id), fw);
     let op = begin(cx.shared, state, &id, OpKind::PutFirewall, cx.api_version);

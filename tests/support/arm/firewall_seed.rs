@@ -81,6 +81,7 @@ impl ArmEmulator {
                 props,
                 busy: None,
                 after_read: None,
+                before_write: None,
             },
         );
         SeededFirewall {
@@ -131,6 +132,22 @@ impl ArmEmulator {
             .firewall_mut(id)
             .unwrap_or_else(|| panic!("on_next_firewall_read: no firewall {id}"));
         fw.after_read = Some(Box::new(edit));
+    }
+
+    /// Queues a change to the firewall's `properties` made when the next PUT of it
+    /// arrives, before its ETag is checked: that PUT loses the race (412) whenever it
+    /// carries `If-Match`, whoever sent it and whenever.
+    pub fn on_next_firewall_write(
+        &self,
+        id: &str,
+        edit: impl FnOnce(&mut Map<String, Value>) + Send + 'static,
+    ) {
+        let mut state = self.state();
+        let fw = state
+            .model
+            .firewall_mut(id)
+            .unwrap_or_else(|| panic!("on_next_firewall_write: no firewall {id}"));
+        fw.before_write = Some(Box::new(edit));
     }
 
     /// The writes (PUT, PATCH, DELETE, POST) that reached the firewall `id`, whatever
