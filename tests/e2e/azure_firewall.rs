@@ -16,6 +16,8 @@ use crate::support::operator::Operator;
 use crate::support::testbed::{ADMIN, Testbed};
 
 const PUBLIC: &str = "198.51.100.4";
+/// The emulator's `AzureFirewallSubnet` of a seeded firewall.
+const FIREWALL_SUBNET: &str = "10.250.0.0/26";
 const VM_IP: &str = "10.1.0.4";
 const NAT: &str = "natRuleCollections";
 const NET: &str = "networkRuleCollections";
@@ -190,6 +192,22 @@ impl FwWorld {
             .unwrap_or_default()
     }
 
+    fn nsgs(&self) -> [String; 2] {
+        [self.vm.nic_nsg_id.clone(), self.vm.subnet_nsg_id.clone()]
+    }
+
+    /// The operator's allow rules in an NSG.
+    fn nsg_allows(&self, nsg: &str) -> Vec<Value> {
+        self.arm
+            .rules(nsg)
+            .into_iter()
+            .filter(|r| {
+                r["name"].as_str().unwrap().starts_with("portcullis-")
+                    && r["properties"]["access"] == "Allow"
+            })
+            .collect()
+    }
+
     /// PUTs that reached the firewall, by answer.
     fn firewall_puts(&self) -> Vec<u16> {
         self.arm
@@ -257,6 +275,16 @@ async fn azure_firewall_baseline_grant_connection_expiry_and_revoke() {
         w.owned(NET, "-allow").is_some(),
         "the translated traffic is allowed"
     );
+    // The firewall translates the source of DNAT'ed traffic to its own subnet: that is
+    // what the VM's NSGs must let in, not the requester's address.
+    for nsg in w.nsgs() {
+        let allows = w.nsg_allows(&nsg);
+        assert_eq!(allows.len(), 1, "{nsg}: {allows:?}");
+        assert_eq!(
+            allows[0]["properties"]["sourceAddressPrefix"],
+            FIREWALL_SUBNET
+        );
+    }
     assert_eq!(w.foreign(), before, "foreign collections changed");
 
     // Expiry: the DNAT rule goes within the bound, like NSG rules.
@@ -317,6 +345,13 @@ async fn azure_firewall_ten_requests_at_once_take_a_handful_of_puts() {
     assert!(!ports.contains(&50000), "50000 belongs to web-publish");
     assert!(puts <= 5, "{puts} PUTs for 10 requests");
     assert_eq!(w.dnat_rules().len(), 10);
+    for nsg in w.nsgs() {
+        assert_eq!(
+            w.nsg_allows(&nsg).len(),
+            1,
+            "one rule for the firewall's subnet"
+        );
+    }
 }
 
 #[tokio::test]

@@ -9,6 +9,7 @@
 
 use std::collections::BTreeSet;
 
+use ipnet::IpNet;
 use jiff::Timestamp;
 
 use super::arm::{ArmClient, Resource};
@@ -245,10 +246,51 @@ impl FirewallBackend {
         &self.cluster
     }
 
-    /// Whether firewall `id` can be governed: `Unsupported` when Azure Firewall Manager
-    /// governs it, `NotFound` when it does not exist. Reads only.
-    pub async fn check(&self, id: &str) -> Result<(), CloudError> {
-        read_firewall(&self.arm, id).await.map(|_| ())
+    /// Whether firewall `id` can be governed (`Unsupported` when Azure Firewall Manager
+    /// governs it, `NotFound` when it does not exist), and the address ranges its DNAT
+    /// traffic reaches VMs from: Azure Firewall translates the source of DNAT'ed traffic
+    /// to an address of its subnet (`AzureFirewallSubnet`), so that is what an NSG in
+    /// front of the VM sees. Reads only.
+    pub async fn check(&self, id: &str) -> Result<Vec<IpNet>, CloudError> {
+        let read = read_firewall(&self.arm, id).await?;
+        let mut sources = Vec::new();
+        for subnet in &read.subnet_ids {
+            let body = self
+                .arm
+                .get("GetSubnet", subnet, NETWORK_API)
+                .await?
+                .map(|r| r.body)
+                .ok_or_else(|| CloudError::NotFound {
+                    what: format!("subnet {subnet} of Azure Firewall {id}"),
+                    code: "ResourceNotFound".into(),
+                    message: "the firewall's subnet does not exist".into(),
+                })?;
+            let single = body.pointer("/properties/addressPrefix").into_iter();
+            let many = body
+                .pointer("/properties/addressPrefixes")
+                .and_then(serde_json::Value::as_array)
+                .into_iter()
+                .flatten();
+            sources.extend(
+                single
+                    .chain(many)
+                    .filter_map(serde_json::Value::as_str)
+                    .filter_map(|p| p.parse::<IpNet>().ok())
+                    .map(|p| p.trunc()),
+            );
+        }
+        sources.sort();
+        sources.dedup();
+        if sources.is_empty() {
+            return Err(CloudError::Fatal {
+                op: GET,
+                code: "NoFirewallSubnet".into(),
+                message: format!(
+                    "Azure Firewall {id} names no subnet with an address prefix: where its DNAT traffic comes from is unknown"
+                ),
+            });
+        }
+        Ok(sources)
     }
 
     /// Reconciles firewall `firewall` for `targets` (the others behind it keep their

@@ -10,6 +10,9 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 
+use ipnet::IpNet;
+
+use super::decide::Decision;
 use crate::api::{ConnectionDetails, JitPolicySpec};
 use crate::cloud::{CloudError, Resolved};
 use crate::controller::Context;
@@ -17,7 +20,9 @@ use crate::domain::firewall::{
     BlockedItem, DEFAULT_BAND, DEFAULT_MAPPED_PORTS, FirewallSettings, FirewallTarget,
 };
 use crate::domain::validate;
-use crate::domain::{BlockKind, Blocked, Locator, ObjectKey, PortSpec, TargetDesired, TargetKey};
+use crate::domain::{
+    BlockKind, Blocked, Grant, Locator, ObjectKey, PortSpec, TargetDesired, TargetKey,
+};
 
 /// What the firewall's reconcile found, for the target's outcome and its requests.
 #[derive(Debug, Default)]
@@ -31,6 +36,9 @@ pub struct FirewallRun {
     pub blocked: Vec<Blocked>,
     /// The error that stopped it.
     pub error: Option<CloudError>,
+    /// Where traffic through the firewall reaches the VM from: the NSGs open to these
+    /// (see [`nsg_view`]).
+    pub nsg_sources: Vec<IpNet>,
 }
 
 impl FirewallRun {
@@ -53,18 +61,47 @@ pub fn of(locator: &Locator) -> Option<(&str, &str)> {
 
 /// Refuses a target whose firewall cannot be governed (managed by Azure Firewall
 /// Manager: `Unsupported`; missing: `NotFound`), before anything is written anywhere.
-pub async fn check(ctx: &Context, locator: &Locator) -> Result<(), CloudError> {
+/// For a target behind a firewall, the ranges its DNAT traffic comes from (`None`: no
+/// firewall).
+pub async fn check(ctx: &Context, locator: &Locator) -> Result<Option<Vec<IpNet>>, CloudError> {
     let Some((id, _)) = of(locator) else {
-        return Ok(());
+        return Ok(None);
     };
     match &ctx.backends.firewall {
-        Some(fw) => fw.check(id).await,
+        Some(fw) => fw.check(id).await.map(Some),
         None => Err(CloudError::Unsupported {
             what: format!("Azure Firewall {id}"),
             code: "BackendDisabled".into(),
             message: "the Azure backend is not enabled".into(),
         }),
     }
+}
+
+/// The decision as the target's NSGs must carry it. Traffic through the firewall reaches
+/// the VM from the firewall's subnet (it translates the source of DNAT'ed traffic), so
+/// behind a firewall a grant opens the NSGs to `sources` rather than to the requester:
+/// one rule per port, held by the grant that lasts longest (the firewall's DNAT rules
+/// decide who gets through). Unchanged when `sources` is `None` or empty.
+pub fn nsg_view(decision: &Decision, sources: Option<&[IpNet]>) -> Decision {
+    let mut out = decision.clone();
+    let Some(sources) = sources.filter(|s| !s.is_empty()) else {
+        return out;
+    };
+    let mut by_rule: BTreeMap<(PortSpec, IpNet), Grant> = BTreeMap::new();
+    for g in &decision.desired.grants {
+        for source in sources {
+            let mapped = Grant {
+                source: *source,
+                ..g.clone()
+            };
+            let slot = by_rule.entry((g.port, *source)).or_insert(mapped.clone());
+            if (mapped.expires_at, &mapped.request) > (slot.expires_at, &slot.request) {
+                *slot = mapped;
+            }
+        }
+    }
+    out.desired.grants = by_rule.into_values().collect();
+    out
 }
 
 /// The firewall part of the target's desired state.
@@ -117,9 +154,13 @@ pub async fn reconcile(
     spec: &JitPolicySpec,
     desired: &TargetDesired,
     resolved: &Resolved,
+    nsg_sources: Option<Vec<IpNet>>,
 ) -> Option<FirewallRun> {
     let (id, ip) = of(&desired.locator)?;
-    let mut run = FirewallRun::default();
+    let mut run = FirewallRun {
+        nsg_sources: nsg_sources.unwrap_or_default(),
+        ..FirewallRun::default()
+    };
     let Some(backend) = &ctx.backends.firewall else {
         run.error = check(ctx, &desired.locator).await.err();
         return Some(run);
@@ -167,4 +208,61 @@ pub async fn reconcile(
         }
     }
     Some(run)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::num::NonZeroU16;
+
+    use super::*;
+    use crate::domain::Proto;
+
+    fn grant(request: &str, source: &str, secs: i64) -> Grant {
+        Grant {
+            request: ObjectKey::new("ns", request),
+            port: PortSpec {
+                port: NonZeroU16::new(22).unwrap(),
+                protocol: Proto::Tcp,
+            },
+            source: source.parse().unwrap(),
+            expires_at: jiff::Timestamp::from_second(1_000 + secs).unwrap(),
+        }
+    }
+
+    #[test]
+    fn behind_a_firewall_the_nsgs_open_to_its_subnet_once_per_port() {
+        let key = TargetKey {
+            policy: ObjectKey::new("ns", "p"),
+            target: "vm".into(),
+        };
+        let locator = Locator::Azure {
+            vm_id: "vm".into(),
+            firewall: Some(("fw".into(), "198.51.100.4".into())),
+        };
+        let mut desired = TargetDesired::cleanup(key, locator, Default::default(), vec![]);
+        desired.grants = vec![
+            grant("short", "203.0.113.7/32", 60),
+            grant("long", "203.0.113.8/32", 600),
+        ];
+        let decision = Decision {
+            desired,
+            outcomes: Default::default(),
+            next_expiry: None,
+            cleanup: None,
+            held: None,
+        };
+        let subnet: IpNet = "10.250.0.0/26".parse().unwrap();
+
+        let view = nsg_view(&decision, Some(&[subnet]));
+
+        assert_eq!(view.desired.grants.len(), 1);
+        let g = &view.desired.grants[0];
+        assert_eq!(g.source, subnet);
+        assert_eq!(
+            g.request.name, "long",
+            "held by the grant that lasts longest"
+        );
+        assert_eq!(nsg_view(&decision, None), decision);
+        assert_eq!(nsg_view(&decision, Some(&[])), decision);
+    }
 }

@@ -132,19 +132,26 @@ async fn run_steps(
     };
 
     // A firewall that cannot be governed stops the target before anything is written.
-    if decision.cleanup.is_none()
-        && let Err(e) = firewall::check(ctx, &locator).await
-    {
-        let message = format!("target {}: {e}", key.target);
-        let outcome = trouble(mem, Trouble::of(&e), message.clone(), Some(resolved));
-        let denied = matches!(e, CloudError::Unsupported { .. }).then_some(message.as_str());
-        let found = settle::Findings {
-            denied,
-            ..settle::Findings::unobserved(&message)
-        };
-        settle::settle(ctx, key, &decision, &gathered, &found, mem).await;
-        return Ok((outcome, next));
-    }
+    let snat = match decision.cleanup {
+        Some(_) => None,
+        None => match firewall::check(ctx, &locator).await {
+            Ok(sources) => sources,
+            Err(e) => {
+                let message = format!("target {}: {e}", key.target);
+                let outcome = trouble(mem, Trouble::of(&e), message.clone(), Some(resolved));
+                let denied =
+                    matches!(e, CloudError::Unsupported { .. }).then_some(message.as_str());
+                let found = settle::Findings {
+                    denied,
+                    ..settle::Findings::unobserved(&message)
+                };
+                settle::settle(ctx, key, &decision, &gathered, &found, mem).await;
+                return Ok((outcome, next));
+            }
+        },
+    };
+    // The NSGs of a VM behind a firewall see the firewall's addresses, not the requester's.
+    let for_nsgs = firewall::nsg_view(&decision, snat.as_deref());
 
     // Writes to one NSG are coordinated across every target and policy that shares it.
     let _guards = ctx.locks.lock(lock_ids(&locator, &resolved, record.as_ref())).await;
@@ -159,7 +166,7 @@ async fn run_steps(
         }
     };
     let revoked = record.as_ref().map(|r| r.revoked.clone()).unwrap_or_default();
-    let mut plan = plan(&decision.desired, &obs.observed, &revoked);
+    let mut plan = plan(&for_nsgs.desired, &obs.observed, &revoked);
     let held_back = hold_back_unfinalized(ctx, &mut plan, &gathered).await;
 
     let mut failure: Option<CloudError> = None;
@@ -206,8 +213,9 @@ async fn run_steps(
     let record_now = mem.record.clone().flatten();
     let again = verified
         .as_ref()
-        .map(|v| plan_again(&decision, v, record_now.as_ref()));
-    let fw = firewall::reconcile(ctx, key, &policy.spec, &decision.desired, &resolved).await;
+        .map(|v| plan_again(&for_nsgs, v, record_now.as_ref()));
+    let fw =
+        firewall::reconcile(ctx, key, &policy.spec, &decision.desired, &resolved, snat).await;
     let mut report = Report {
         converged: failure.is_none()
             && verified.as_ref().is_some_and(|v| !v.housekeeping)

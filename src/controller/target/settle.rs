@@ -154,7 +154,7 @@ fn status(
                 PortState::Active | PortState::Pending if found.denied.is_some() => {
                     (PortState::Denied, Vec::new(), found.denied.map(str::to_string))
                 }
-                PortState::Active => match open_in_every_location(found.observed, r, key) {
+                PortState::Active => match open_in_the_nsgs(found, r, key) {
                     Some(ids) => at_the_firewall(found.firewall, &r.key, p.spec, ids),
                     None => match unsupported(found.blocked, p.spec) {
                         Some(reason) => (PortState::Failed, Vec::new(), Some(reason)),
@@ -202,6 +202,29 @@ fn open_in_every_location(
     for location in &o.locations {
         let rule = o.owned.iter().find(|x| {
             &x.location == location && x.stamp.owner == owner && x.grant() == Some(key)
+        })?;
+        ids.extend(rule.cloud_id.split(',').map(str::to_string));
+    }
+    Some(ids)
+}
+
+/// The NSG rule ids of a grant when the NSGs let it in: behind a firewall, the rule for
+/// the port from the firewall's addresses (whichever request holds it), else the
+/// request's own rule.
+fn open_in_the_nsgs(found: &Findings<'_>, r: &Request, key: RuleKey) -> Option<Vec<String>> {
+    let sources = found.firewall.map(|fw| fw.nsg_sources.as_slice()).unwrap_or_default();
+    if sources.is_empty() {
+        return open_in_every_location(found.observed, r, key);
+    }
+    let o = found.observed?;
+    if o.locations.is_empty() {
+        return None;
+    }
+    let mut ids = Vec::new();
+    for location in &o.locations {
+        let rule = o.owned.iter().find(|x| {
+            &x.location == location
+                && x.grant().is_some_and(|g| g.port == key.port && sources.contains(&g.source))
         })?;
         ids.extend(rule.cloud_id.split(',').map(str::to_string));
     }
