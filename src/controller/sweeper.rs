@@ -33,7 +33,8 @@ pub fn live<'a>(
             if let Some(r) = &t.record {
                 live.azure_nsgs.extend(r.nsg_ids.iter().cloned());
                 if let TargetCloud::Azure(a) = &r.cloud {
-                    live.azure_firewalls.extend(a.firewall.iter().map(|f| f.id.clone()));
+                    live.azure_firewalls
+                        .extend(a.firewall.iter().map(|f| f.id.clone()));
                 }
                 live.targets.insert(target_id(&TargetKey {
                     policy: key.clone(),
@@ -53,7 +54,8 @@ pub fn live<'a>(
                 live.aws_regions.insert(a.region.clone());
             }
             if let TargetCloud::Azure(a) = &t.cloud {
-                live.azure_firewalls.extend(a.firewall.iter().map(|f| f.id.clone()));
+                live.azure_firewalls
+                    .extend(a.firewall.iter().map(|f| f.id.clone()));
             }
         }
     }
