@@ -175,19 +175,23 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let aws = portcullis::cloud::aws::AwsBackend::from_env(&cluster).await;
     // Azure is on when ARM is reachable with some credential; targets on a disabled cloud
     // get the condition Unsupported with the reason.
-    let azure: Option<Arc<dyn portcullis::cloud::Backend>> =
-        match portcullis::cloud::azure::arm::ArmClient::from_env() {
-            Ok(arm) => Some(Arc::new(
-                portcullis::cloud::azure::nsg::AzureNsgBackend::new(arm, &cluster),
-            )),
-            Err(e) => {
-                tracing::warn!(error = %e, "the Azure backend is disabled");
-                None
-            }
-        };
+    let arm = portcullis::cloud::azure::arm::ArmClient::from_env()
+        .inspect_err(|e| tracing::warn!(error = %e, "the Azure backend is disabled"))
+        .ok();
+    let azure: Option<Arc<dyn portcullis::cloud::Backend>> = arm.clone().map(|arm| {
+        Arc::new(portcullis::cloud::azure::nsg::AzureNsgBackend::new(
+            arm, &cluster,
+        )) as Arc<dyn portcullis::cloud::Backend>
+    });
+    let firewall = arm.map(|arm| {
+        Arc::new(portcullis::cloud::azure::firewall::FirewallBackend::new(
+            arm, &cluster,
+        ))
+    });
     let backends = Backends {
         aws: Some(Arc::new(aws)),
         azure,
+        firewall,
     };
     let settings = Settings {
         resync: args.resync,

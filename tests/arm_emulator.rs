@@ -6,6 +6,9 @@
 #[path = "support/mod.rs"]
 mod support;
 
+#[path = "arm_emulator/firewall.rs"]
+mod firewall;
+
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
@@ -747,7 +750,7 @@ async fn lists_page_with_next_link_and_match_the_examples() {
         ],
     );
     assert_eq!(pips[0]["properties"]["ipAddress"], "203.0.113.10");
-    let fw = arm.seed_firewall(
+    let fw = arm.seed_listed_firewall(
         RG,
         "fw1",
         "hub-vnet",
@@ -755,7 +758,8 @@ async fn lists_page_with_next_link_and_match_the_examples() {
         "10.100.0.4",
         Some("fw-policy"),
     );
-    let classic = arm.seed_firewall(RG, "fw2", "hub2-vnet", "10.101.0.0/26", "10.101.0.4", None);
+    let classic =
+        arm.seed_listed_firewall(RG, "fw2", "hub2-vnet", "10.101.0.0/26", "10.101.0.4", None);
     let (fws, _) = all_pages(
         &client,
         "/subscriptions/subid/resourceGroups/rg1/providers/Microsoft.Network/azureFirewalls",

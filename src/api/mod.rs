@@ -10,9 +10,9 @@ pub mod policy;
 pub mod request;
 
 pub use policy::{
-    AwsOptions, AwsTarget, AzureFirewall, AzureTarget, BaselineState, JitPolicy, JitPolicySpec,
-    JitPolicyStatus, PolicyPort, PriorityBand, PriorityBands, Protocol, SharedGroupsMode, Target,
-    TargetCloud, TargetRecord,
+    AwsOptions, AwsTarget, AzureFirewall, AzureTarget, BaselineState, FirewallPriorityBand,
+    JitPolicy, JitPolicySpec, JitPolicyStatus, PolicyPort, PriorityBand, PriorityBands, Protocol,
+    SharedGroupsMode, Target, TargetCloud, TargetRecord,
 };
 pub use request::{
     AccessRequest, AccessRequestSpec, AccessRequestStatus, ConnectionDetails, Phase, PolicyRef,

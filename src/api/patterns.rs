@@ -61,6 +61,9 @@ pub const AZURE_VM_ID: &str = "^/(?i)subscriptions/[^/]+/resourceGroups/[^/]+/pr
 /// An Azure Firewall's ARM id.
 pub const AZURE_FIREWALL_ID: &str = "^/(?i)subscriptions/[^/]+/resourceGroups/[^/]+/providers/Microsoft\\.Network/azureFirewalls/[^/]+$";
 
+/// A port range `first-last` such as `50000-50999` (the domain layer checks the bounds).
+pub const PORT_RANGE: &str = "^[1-9][0-9]{0,4}-[1-9][0-9]{0,4}$";
+
 /// An AWS region such as `eu-west-1` or `us-gov-west-1`.
 pub const AWS_REGION: &str = "^[a-z]{2}(-[a-z]+)+-[0-9]+$";
 

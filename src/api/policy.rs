@@ -105,6 +105,12 @@ pub struct AzureFirewall {
     /// The firewall's public IPv4 address that DNAT rules listen on.
     #[schemars(pattern(patterns::IPV4))]
     pub public_ip: String,
+    /// The firewall ports grants are mapped to, one per grant while it lasts, as
+    /// `first-last` (e.g. `50000-50999`, the default). People connect to
+    /// `publicIp:<mapped port>`; the request's status says which.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 11), pattern(patterns::PORT_RANGE))]
+    pub mapped_ports: Option<String>,
 }
 
 /// An AWS EC2 instance.
@@ -164,6 +170,23 @@ pub struct PriorityBands {
     pub allow: PriorityBand,
     /// The band for the baseline deny rules (one per policy port).
     pub deny: PriorityBand,
+    /// Azure Firewall: where the owned rule collections go (default 60000–64999).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub firewall: Option<FirewallPriorityBand>,
+}
+
+/// An inclusive range of Azure Firewall rule collection priorities (100–65000; a lower
+/// number wins). Owned NAT and network collections go here, the baseline's deny
+/// collections below every foreign network collection that allows a governed port.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FirewallPriorityBand {
+    /// The first (highest-precedence) priority of the band.
+    #[schemars(range(min = 100, max = 65000))]
+    pub first: i32,
+    /// The last (lowest-precedence) priority of the band.
+    #[schemars(range(min = 100, max = 65000))]
+    pub last: i32,
 }
 
 /// An inclusive range of NSG priorities.

@@ -25,7 +25,9 @@ use super::policy::Protocol;
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
     printcolumn = r#"{"name":"Expires","type":"string","jsonPath":".status.expiresAt"}"#,
     printcolumn = r#"{"name":"Requester","type":"string","jsonPath":".status.requester.username"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    printcolumn = r#"{"name":"Connect","type":"string","priority":1,"description":"Where to connect when it is not the VM's own address (e.g. the firewall's public IP)","jsonPath":".status.ports[*].connection.address"}"#,
+    printcolumn = r#"{"name":"Mapped","type":"string","priority":1,"description":"The port to connect to there (e.g. the firewall's mapped port)","jsonPath":".status.ports[*].connection.port"}"#
 )]
 #[serde(rename_all = "camelCase")]
 pub struct AccessRequestSpec {

@@ -47,6 +47,17 @@ pub enum CloudError {
         /// What to do about it.
         message: String,
     },
+    /// The resource is of a kind Portcullis does not govern (e.g. an Azure Firewall
+    /// managed by Firewall Manager); nothing was written to it.
+    #[error("{message}")]
+    Unsupported {
+        /// What is unsupported.
+        what: String,
+        /// A short code for the reason.
+        code: String,
+        /// Why, for people.
+        message: String,
+    },
     /// The credentials are missing, wrong, expired or lack a permission: a person must
     /// fix the operator's identity; retried only at the slow resync pace.
     #[error("{op}: not authorized ({code}): {message}")]
@@ -90,6 +101,7 @@ impl CloudError {
             CloudError::Retryable { .. } => "retryable",
             CloudError::NotFound { .. } => "not_found",
             CloudError::Limit { .. } => "limit",
+            CloudError::Unsupported { .. } => "unsupported",
             CloudError::Unauthorized { .. } => "unauthorized",
             CloudError::InUse { .. } => "in_use",
             CloudError::Fatal { .. } => "fatal",
@@ -103,6 +115,7 @@ impl CloudError {
             | CloudError::Retryable { code, .. }
             | CloudError::NotFound { code, .. }
             | CloudError::Limit { code, .. }
+            | CloudError::Unsupported { code, .. }
             | CloudError::Unauthorized { code, .. }
             | CloudError::InUse { code, .. }
             | CloudError::Fatal { code, .. } => code,

@@ -96,6 +96,8 @@ pub struct Live {
     pub policies: BTreeSet<String>,
     /// Azure NSGs to look in (those the policies' statuses name).
     pub azure_nsgs: BTreeSet<String>,
+    /// Azure Firewalls to look in (those the policies' specs and records name).
+    pub azure_firewalls: BTreeSet<String>,
     /// Azure subscriptions whose NSGs are all looked through (those of the policies'
     /// VMs), for rules of this installation left in NSGs nobody names any more.
     pub azure_subscriptions: BTreeSet<String>,

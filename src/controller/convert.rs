@@ -126,6 +126,7 @@ pub fn cloud_of(locator: &Locator) -> TargetCloud {
             firewall: firewall.as_ref().map(|(id, ip)| AzureFirewall {
                 id: id.clone(),
                 public_ip: ip.clone(),
+                mapped_ports: None,
             }),
         }),
     }

@@ -50,6 +50,8 @@ pub struct Backends {
     pub aws: Option<Arc<dyn Backend>>,
     /// Azure.
     pub azure: Option<Arc<dyn Backend>>,
+    /// Azure Firewall (classic rules), beside the NSGs of VMs behind a firewall.
+    pub firewall: Option<Arc<crate::cloud::azure::firewall::FirewallBackend>>,
 }
 
 impl Backends {

@@ -32,6 +32,10 @@ pub fn live<'a>(
             // A removed target is live until its cleanup (which its record drives) is done.
             if let Some(r) = &t.record {
                 live.azure_nsgs.extend(r.nsg_ids.iter().cloned());
+                if let TargetCloud::Azure(a) = &r.cloud {
+                    live.azure_firewalls
+                        .extend(a.firewall.iter().map(|f| f.id.clone()));
+                }
                 live.targets.insert(target_id(&TargetKey {
                     policy: key.clone(),
                     target: t.name.clone(),
@@ -48,6 +52,10 @@ pub fn live<'a>(
             }));
             if let TargetCloud::Aws(a) = &t.cloud {
                 live.aws_regions.insert(a.region.clone());
+            }
+            if let TargetCloud::Azure(a) = &t.cloud {
+                live.azure_firewalls
+                    .extend(a.firewall.iter().map(|f| f.id.clone()));
             }
         }
     }
@@ -69,6 +77,9 @@ async fn sweep_all(backends: &Backends, now: jiff::Timestamp, live: &Live) -> Sw
     let mut total = SweepReport::default();
     for backend in [&backends.aws, &backends.azure].into_iter().flatten() {
         total.absorb(backend.sweep(now, live).await);
+    }
+    if let Some(firewall) = &backends.firewall {
+        total.absorb(firewall.sweep(now, live).await);
     }
     metrics::swept("expired", total.expired as u64);
     metrics::swept("orphaned", total.orphaned as u64);

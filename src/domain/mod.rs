@@ -8,6 +8,7 @@ pub mod carve;
 pub mod desired;
 pub mod duration;
 pub mod exposure;
+pub mod firewall;
 pub mod model;
 pub mod plan;
 pub mod record;

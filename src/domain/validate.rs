@@ -5,7 +5,7 @@
 //! and the controller both use it, so a request the webhook would refuse never reaches a
 //! cloud API even when the webhook is absent.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::num::NonZeroU16;
 use std::time::Duration;
@@ -14,6 +14,7 @@ use ipnet::IpNet;
 use jiff::Timestamp;
 
 use super::duration;
+use super::firewall::{self, FirewallSettings};
 use super::model::*;
 use crate::api;
 
@@ -177,6 +178,9 @@ pub fn policy(
         Some(api::SharedGroupsMode::Revoke) => SharedGroups::Revoke,
         _ => SharedGroups::Conflict,
     };
+    if let Err(e) = firewalls(spec) {
+        errors.extend(e);
+    }
 
     if errors.is_empty() {
         Ok(Policy {
@@ -265,6 +269,75 @@ fn bands(b: &api::PriorityBands) -> Result<Bands, Vec<FieldError>> {
     }
     if errors.is_empty() {
         Ok(Bands { allow, deny })
+    } else {
+        Err(errors)
+    }
+}
+
+/// The firewall settings of the policy's targets that sit behind an Azure Firewall, by
+/// target name: public IP, mapped ports and `priorityBands.firewall` (or the defaults).
+pub fn firewalls(
+    spec: &api::JitPolicySpec,
+) -> Result<BTreeMap<String, FirewallSettings>, Vec<FieldError>> {
+    let mut errors = Vec::new();
+    let field = "spec.priorityBands.firewall";
+    let band = match spec.priority_bands.as_ref().and_then(|b| b.firewall) {
+        None => firewall::DEFAULT_BAND,
+        Some(b) => {
+            let limits =
+                i32::from(*firewall::PRIORITIES.start())..=i32::from(*firewall::PRIORITIES.end());
+            if !limits.contains(&b.first) || !limits.contains(&b.last) {
+                errors.push(err(field, "priorities must lie in 100-65000"));
+            } else if b.first > b.last {
+                errors.push(err(
+                    field,
+                    format!("first ({}) is after last ({})", b.first, b.last),
+                ));
+            }
+            Band {
+                first: b.first.clamp(100, 65000) as u16,
+                last: b.last.clamp(100, 65000) as u16,
+            }
+        }
+    };
+    let mut out = BTreeMap::new();
+    for (i, t) in spec.targets.iter().enumerate() {
+        let api::TargetCloud::Azure(azure) = &t.cloud else {
+            continue;
+        };
+        let Some(fw) = &azure.firewall else {
+            continue;
+        };
+        let field = format!("spec.targets[{i}].azure.firewall");
+        let public_ip = fw.public_ip.parse().map_err(|_| {
+            err(
+                format!("{field}.publicIp"),
+                format!("{:?} is not an IPv4 address", fw.public_ip),
+            )
+        });
+        let mapped_ports = match &fw.mapped_ports {
+            None => Ok(firewall::DEFAULT_MAPPED_PORTS),
+            Some(text) => {
+                firewall::parse_port_range(text).map_err(|e| err(format!("{field}.mappedPorts"), e))
+            }
+        };
+        match (public_ip, mapped_ports) {
+            (Ok(public_ip), Ok(mapped_ports)) => {
+                out.insert(
+                    t.name.clone(),
+                    FirewallSettings {
+                        id: fw.id.clone(),
+                        public_ip,
+                        mapped_ports,
+                        band,
+                    },
+                );
+            }
+            (a, b) => errors.extend(a.err().into_iter().chain(b.err())),
+        }
+    }
+    if errors.is_empty() {
+        Ok(out)
     } else {
         Err(errors)
     }
@@ -662,5 +735,65 @@ ports:
         );
         let errs = policy(ObjectKey::new("ns", "p"), &policy_spec(&bands), false).unwrap_err();
         assert_eq!(errs[0].field, "spec.priorityBands");
+    }
+
+    const FIREWALLED: &str = r#"
+targets:
+  - name: web
+    azure:
+      vmId: /subscriptions/s/resourceGroups/g/providers/Microsoft.Compute/virtualMachines/web
+      firewall:
+        id: /subscriptions/s/resourceGroups/g/providers/Microsoft.Network/azureFirewalls/fw
+        publicIp: 198.51.100.4
+        mappedPorts: 50000-50099
+  - name: db
+    azure:
+      vmId: /subscriptions/s/resourceGroups/g/providers/Microsoft.Compute/virtualMachines/db
+      firewall:
+        id: /subscriptions/s/resourceGroups/g/providers/Microsoft.Network/azureFirewalls/fw
+        publicIp: 198.51.100.4
+ports:
+  - {port: 22, allowedSourcePrefixes: ["203.0.113.0/24"], maxDuration: 1h}
+"#;
+
+    #[test]
+    fn firewall_settings_parse_with_defaults() {
+        let spec = policy_spec(FIREWALLED);
+        let settings = firewalls(&spec).unwrap();
+        assert_eq!(
+            settings["web"].mapped_ports,
+            firewall::PortRange {
+                first: 50000,
+                last: 50099
+            }
+        );
+        assert_eq!(settings["db"].mapped_ports, firewall::DEFAULT_MAPPED_PORTS);
+        assert_eq!(settings["db"].band, firewall::DEFAULT_BAND);
+        assert_eq!(settings["web"].public_ip.to_string(), "198.51.100.4");
+        assert!(policy(ObjectKey::new("ns", "p"), &spec, false).is_ok());
+    }
+
+    #[test]
+    fn firewall_misfits_name_their_field() {
+        let bad = FIREWALLED.replace("50000-50099", "50099-50000");
+        let errs = policy(ObjectKey::new("ns", "p"), &policy_spec(&bad), false).unwrap_err();
+        assert_eq!(errs[0].field, "spec.targets[0].azure.firewall.mappedPorts");
+        let bad = FIREWALLED.replace("50000-50099", "60000-70000");
+        let errs = policy(ObjectKey::new("ns", "p"), &policy_spec(&bad), false).unwrap_err();
+        assert_eq!(errs[0].field, "spec.targets[0].azure.firewall.mappedPorts");
+        let bands = format!(
+            "{FIREWALLED}priorityBands:\n  allow: {{first: 3000, last: 3899}}\n  deny: {{first: 3900, last: 4096}}\n  firewall: {{first: 64000, last: 63000}}\n"
+        );
+        let errs = policy(ObjectKey::new("ns", "p"), &policy_spec(&bands), false).unwrap_err();
+        assert_eq!(errs[0].field, "spec.priorityBands.firewall");
+        let ok = bands.replace("{first: 64000, last: 63000}", "{first: 63000, last: 64000}");
+        let settings = firewalls(&policy_spec(&ok)).unwrap();
+        assert_eq!(
+            settings["web"].band,
+            Band {
+                first: 63000,
+                last: 64000
+            }
+        );
     }
 }

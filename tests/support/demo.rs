@@ -61,6 +61,56 @@ fn show_nsg(arm: &ArmEmulator, what: &str, nsg: &str) {
     }
 }
 
+/// Another team's collections on the demo firewall: a web server published on 443.
+fn demo_firewall() -> serde_json::Value {
+    serde_json::json!({
+        "natRuleCollections": [{
+            "name": "web-publish",
+            "properties": {
+                "priority": 100,
+                "action": { "type": "Dnat" },
+                "rules": [{
+                    "name": "https",
+                    "protocols": ["TCP"],
+                    "sourceAddresses": ["*"],
+                    "destinationAddresses": ["198.51.100.4"],
+                    "destinationPorts": ["443"],
+                    "translatedAddress": "10.2.0.10",
+                    "translatedPort": "443",
+                }]
+            }
+        }]
+    })
+}
+
+fn show_firewall(arm: &ArmEmulator, id: &str) {
+    println!("firewall rule collections:");
+    let fw = arm.firewall(id).unwrap_or_default();
+    for kind in ["natRuleCollections", "networkRuleCollections"] {
+        for c in fw["properties"][kind].as_array().into_iter().flatten() {
+            let p = &c["properties"];
+            println!(
+                "    {:>5} {:<5} {}",
+                p["priority"],
+                p["action"]["type"].as_str().unwrap_or(""),
+                c["name"].as_str().unwrap_or("")
+            );
+            for r in p["rules"].as_array().into_iter().flatten() {
+                println!(
+                    "          from {} to {} port {} {}",
+                    r["sourceAddresses"],
+                    r["destinationAddresses"],
+                    r["destinationPorts"],
+                    r["translatedAddress"]
+                        .as_str()
+                        .map(|a| format!("-> {a}:{}", r["translatedPort"].as_str().unwrap_or("")))
+                        .unwrap_or_default()
+                );
+            }
+        }
+    }
+}
+
 async fn wait_phase(api: &Api<AccessRequest>, name: &str, phase: Phase) -> AccessRequest {
     let start = Instant::now();
     loop {
@@ -100,6 +150,9 @@ async fn main() -> Result<(), String> {
     let arm = ArmEmulator::start().await;
     let azvm = arm.seed_vm_with_network("rg-demo", "jump-1", "10.1.0.4");
     println!("VM {}", azvm.vm_id);
+    let appvm = arm.seed_vm_with_network("rg-demo", "app-1", "10.2.0.4");
+    let firewall = arm.seed_firewall("rg-hub", "hub-fw", demo_firewall()).id;
+    println!("VM {} behind Azure Firewall {firewall}", appvm.vm_id);
     let ca = tb.dir.join("arm-ca.pem");
     std::fs::write(&ca, &arm.ca_pem).map_err(|e| e.to_string())?;
     let ca = ca.display().to_string();
@@ -257,6 +310,78 @@ async fn main() -> Result<(), String> {
             .kubectl(ADMIN)
             .args(["get", "jitpolicy,accessrequest", "-n", NS]))?
     );
+
+    step("Azure Firewall: applying examples/jitpolicy-azure-firewall.yaml for a VM behind it");
+    let yaml = std::fs::read_to_string(repo_root().join("examples/jitpolicy-azure-firewall.yaml"))
+        .map_err(|e| e.to_string())?
+        .replace(
+            "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/app/providers/Microsoft.Compute/virtualMachines/app-1",
+            &appvm.vm_id,
+        )
+        .replace(
+            "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/hub/providers/Microsoft.Network/azureFirewalls/hub-fw",
+            &firewall,
+        );
+    let policy: JitPolicy = serde_saphyr::from_str(&yaml).map_err(|e| e.to_string())?;
+    policies
+        .create(&PostParams::default(), &policy)
+        .await
+        .map_err(|e| e.to_string())?;
+    let start = Instant::now();
+    while !policies
+        .get("app-servers")
+        .await
+        .ok()
+        .and_then(|p| p.status)
+        .is_some_and(|s| portcullis::api::conditions::is_true(&s.conditions, "Ready"))
+    {
+        if start.elapsed() > Duration::from_secs(60) {
+            return Err(format!(
+                "the firewall policy did not become Ready; operator log:\n{}",
+                operator.log()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    show_firewall(&arm, &firewall);
+    step("Azure Firewall: requesting SSH from 203.0.113.7/32 for 15s");
+    let yaml = "apiVersion: jit.portcullis.dev/v1alpha1\nkind: AccessRequest\nmetadata: {name: app-ssh}\nspec:\n  policyRef: {name: app-servers}\n  target: app\n  ports: [{port: 22, sourcePrefix: 203.0.113.7/32, duration: 15s}]\n  justification: demo\n";
+    let request: AccessRequest = serde_saphyr::from_str(yaml).map_err(|e| e.to_string())?;
+    let filed = Instant::now();
+    requests
+        .create(&PostParams::default(), &request)
+        .await
+        .map_err(|e| e.to_string())?;
+    let r = wait_phase(&requests, "app-ssh", Phase::Active).await;
+    println!(
+        "open through the firewall after {:.2}s",
+        filed.elapsed().as_secs_f64()
+    );
+    if let Some(c) = r
+        .status
+        .as_ref()
+        .and_then(|s| s.ports[0].connection.as_ref())
+    {
+        println!(
+            "connect to {}:{} (ssh -p {} azureuser@{})",
+            c.address, c.port, c.port, c.address
+        );
+    }
+    print!(
+        "{}",
+        run(tb
+            .kubectl(ADMIN)
+            .args(["get", "accessrequest", "app-ssh", "-n", NS, "-o", "wide"]))?
+    );
+    show_firewall(&arm, &firewall);
+    show_nsg(
+        &arm,
+        "its NIC NSG (open to the firewall's subnet)",
+        &appvm.nic_nsg_id,
+    );
+    wait_phase(&requests, "app-ssh", Phase::Expired).await;
+    println!("expired:");
+    show_firewall(&arm, &firewall);
 
     // A stable path for the kubeconfig, so the commands below can be pasted as they are.
     let local = repo_root().join(".testbed");

@@ -2,6 +2,8 @@
 
 pub mod arm;
 mod arm_error;
+pub mod firewall;
+pub mod firewall_json;
 pub mod list;
 pub mod nsg;
 pub mod scan;

@@ -7,6 +7,7 @@
 //! bounds how many targets talk to the clouds at once; a target's own runs never overlap.
 
 pub mod decide;
+pub mod firewall;
 mod run;
 mod settle;
 
@@ -78,6 +79,7 @@ impl Trouble {
             CloudError::NotFound { .. } => Trouble::NotFound,
             CloudError::Limit { .. } | CloudError::InUse { .. } => Trouble::Conflict,
             CloudError::Unauthorized { .. } => Trouble::Unauthorized,
+            CloudError::Unsupported { .. } => Trouble::Unsupported,
             CloudError::Fatal { .. } => Trouble::Failed,
         }
     }

@@ -15,6 +15,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::decide::{self, Cleanup, Decision, PolicyInput, RequestInput};
+use super::firewall;
 use super::settle::{self, Gathered};
 use super::{Next, Outcome, Trouble};
 use crate::api::policy::BaselineState;
@@ -149,6 +150,28 @@ async fn run_steps(
         }
     };
 
+    // A firewall that cannot be governed stops the target before anything is written.
+    let snat = match decision.cleanup {
+        Some(_) => None,
+        None => match firewall::check(ctx, &locator).await {
+            Ok(sources) => sources,
+            Err(e) => {
+                let message = format!("target {}: {e}", key.target);
+                let outcome = trouble(mem, Trouble::of(&e), message.clone(), Some(resolved));
+                let denied =
+                    matches!(e, CloudError::Unsupported { .. }).then_some(message.as_str());
+                let found = settle::Findings {
+                    denied,
+                    ..settle::Findings::unobserved(&message)
+                };
+                settle::settle(ctx, key, &decision, &gathered, &found, mem).await;
+                return Ok((outcome, next));
+            }
+        },
+    };
+    // The NSGs of a VM behind a firewall see the firewall's addresses, not the requester's.
+    let for_nsgs = firewall::nsg_view(&decision, snat.as_deref());
+
     // Writes to one NSG are coordinated across every target and policy that shares it.
     let _guards = ctx
         .locks
@@ -168,7 +191,7 @@ async fn run_steps(
         .as_ref()
         .map(|r| r.revoked.clone())
         .unwrap_or_default();
-    let mut plan = plan(&decision.desired, &obs.observed, &revoked);
+    let mut plan = plan(&for_nsgs.desired, &obs.observed, &revoked);
     let held_back = hold_back_unfinalized(ctx, &mut plan, &gathered).await;
 
     let mut failure: Option<CloudError> = None;
@@ -229,8 +252,9 @@ async fn run_steps(
     let record_now = mem.record.clone().flatten();
     let again = verified
         .as_ref()
-        .map(|v| plan_again(&decision, v, record_now.as_ref()));
-    let report = Report {
+        .map(|v| plan_again(&for_nsgs, v, record_now.as_ref()));
+    let fw = firewall::reconcile(ctx, key, &policy.spec, &decision.desired, &resolved, snat).await;
+    let mut report = Report {
         converged: failure.is_none()
             && verified.as_ref().is_some_and(|v| !v.housekeeping)
             && again
@@ -244,10 +268,20 @@ async fn run_steps(
         drift,
         verified,
     };
+    if let Some(fw) = &fw {
+        report.converged &= fw.converged();
+        report.blocked.extend(fw.blocked.iter().cloned());
+        if let (None, Some(e)) = (&report.error, &fw.error) {
+            report.error = Some(format!("target {}: {e}", key.target));
+            report.trouble = Some(Trouble::of(e));
+        }
+    }
     let found = settle::Findings {
         observed: report.verified.as_ref().map(|o| &o.observed),
         trouble: report.error.as_deref().or(held_back.as_deref()),
         blocked: &report.blocked,
+        firewall: fw.as_ref(),
+        denied: None,
     };
     settle::settle(ctx, key, &decision, &gathered, &found, mem).await;
 
@@ -311,11 +345,7 @@ async fn settle_unobserved(
     message: &str,
     mem: &mut Memory,
 ) {
-    let found = settle::Findings {
-        observed: None,
-        trouble: Some(message),
-        blocked: &[],
-    };
+    let found = settle::Findings::unobserved(message);
     settle::settle(ctx, key, decision, gathered, &found, mem).await;
 }
 
@@ -341,6 +371,17 @@ async fn close_first(
     mem: &Memory,
 ) {
     let Some(last) = &mem.last_seen else { return };
+    // Behind a firewall the NSGs carry a view of the grants (see `firewall::nsg_view`)
+    // that needs a read to build; its rules close by their stamps (the actor's closer).
+    if matches!(
+        &decision.desired.locator,
+        Locator::Azure {
+            firewall: Some(_),
+            ..
+        }
+    ) {
+        return;
+    }
     let revoked = record.map(|r| r.revoked.clone()).unwrap_or_default();
     let closing: Vec<Change> = plan(&decision.desired, &last.observed, &revoked)
         .changes

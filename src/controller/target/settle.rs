@@ -6,6 +6,7 @@ use std::sync::Arc;
 use kube::ResourceExt;
 
 use super::decide::{Decision, RequestInput};
+use super::firewall::FirewallRun;
 use super::run::Memory;
 use crate::api::{AccessRequest, AccessRequestStatus, Phase, PortStatus, Requester};
 use crate::controller::convert::{self, time};
@@ -35,6 +36,25 @@ pub struct Findings<'a> {
     pub trouble: Option<&'a str>,
     /// What cannot be placed.
     pub blocked: &'a [Blocked],
+    /// The target's Azure Firewall, when it has one: a port is open only once the
+    /// firewall forwards it too, and the status says where to connect.
+    pub firewall: Option<&'a FirewallRun>,
+    /// Why nothing of this target can open (its firewall is managed by Azure Firewall
+    /// Manager): the ports are denied with this reason.
+    pub denied: Option<&'a str>,
+}
+
+impl<'a> Findings<'a> {
+    /// A run that could not read the cloud, because of `trouble`.
+    pub fn unobserved(trouble: &'a str) -> Self {
+        Findings {
+            observed: None,
+            trouble: Some(trouble),
+            blocked: &[],
+            firewall: None,
+            denied: None,
+        }
+    }
 }
 
 /// Writes the statuses of the target's requests (only what changed) and removes the
@@ -133,14 +153,25 @@ fn status(
                 source: p.source,
             };
             let (state, rule_ids, why) = match o.state {
-                PortState::Active => match open_in_every_location(found.observed, r, key) {
-                    Some(ids) => (PortState::Active, ids, None),
+                PortState::Active | PortState::Pending if found.denied.is_some() => (
+                    PortState::Denied,
+                    Vec::new(),
+                    found.denied.map(str::to_string),
+                ),
+                PortState::Active => match open_in_the_nsgs(found, r, key) {
+                    Some(ids) => at_the_firewall(found.firewall, &r.key, p.spec, ids),
                     None => match unsupported(found.blocked, p.spec) {
                         Some(reason) => (PortState::Failed, Vec::new(), Some(reason)),
                         None => (PortState::Pending, Vec::new(), None),
                     },
                 },
                 other => (other, Vec::new(), None),
+            };
+            let connection = match (state, found.firewall) {
+                (PortState::Active, Some(fw)) => {
+                    fw.connections.get(&(r.key.clone(), p.spec)).cloned()
+                }
+                _ => None,
             };
             if let Some(why) = why {
                 pending_why = Some(why);
@@ -152,7 +183,7 @@ fn status(
                 reason,
                 expires_at: Some(time(o.expires_at)),
                 rule_ids,
-                connection: None,
+                connection,
             }
         })
         .collect();
@@ -179,6 +210,54 @@ fn open_in_every_location(
         ids.extend(rule.cloud_id.split(',').map(str::to_string));
     }
     Some(ids)
+}
+
+/// The NSG rule ids of a grant when the NSGs let it in: behind a firewall, the rule for
+/// the port from the firewall's addresses (whichever request holds it), else the
+/// request's own rule.
+fn open_in_the_nsgs(found: &Findings<'_>, r: &Request, key: RuleKey) -> Option<Vec<String>> {
+    let sources = found
+        .firewall
+        .map(|fw| fw.nsg_sources.as_slice())
+        .unwrap_or_default();
+    if sources.is_empty() {
+        return open_in_every_location(found.observed, r, key);
+    }
+    let o = found.observed?;
+    if o.locations.is_empty() {
+        return None;
+    }
+    let mut ids = Vec::new();
+    for location in &o.locations {
+        let rule = o.owned.iter().find(|x| {
+            &x.location == location
+                && x.grant()
+                    .is_some_and(|g| g.port == key.port && sources.contains(&g.source))
+        })?;
+        ids.extend(rule.cloud_id.split(',').map(str::to_string));
+    }
+    Some(ids)
+}
+
+/// A port open in the NSGs, as the target's firewall (if any) carries it: open once it
+/// forwards it, failed when it never can, pending while it cannot yet.
+fn at_the_firewall(
+    fw: Option<&FirewallRun>,
+    request: &crate::domain::ObjectKey,
+    port: crate::domain::PortSpec,
+    ids: Vec<String>,
+) -> (PortState, Vec<String>, Option<String>) {
+    let Some(fw) = fw else {
+        return (PortState::Active, ids, None);
+    };
+    let key = (request.clone(), port);
+    if fw.connections.contains_key(&key) {
+        return (PortState::Active, ids, None);
+    }
+    match fw.grants_blocked.get(&key) {
+        Some((BlockKind::Unsupported, why)) => (PortState::Failed, Vec::new(), Some(why.clone())),
+        _ => (PortState::Pending, Vec::new(), None),
+    }
 }
 
 fn unsupported(blocked: &[Blocked], port: crate::domain::PortSpec) -> Option<String> {
@@ -213,6 +292,6 @@ fn message(
         Phase::Expired => "closed: the grant expired".to_string(),
         Phase::Revoked => "closed before its time".to_string(),
         Phase::Failed => failed_why.unwrap_or_else(|| "the cloud refused the grant".into()),
-        Phase::Denied => String::new(),
+        Phase::Denied => found.denied.map(str::to_string).unwrap_or_default(),
     }
 }

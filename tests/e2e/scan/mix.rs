@@ -139,7 +139,7 @@ async fn scan_sorts_a_mix_of_vms_with_reasons() {
         nsg_rule("Allow", 200, "22", "*"),
     );
     arm.set_subnet_nsg(&fw.subnet_id, None);
-    arm.seed_firewall(
+    arm.seed_listed_firewall(
         RG,
         "fw1",
         "az-fw-vnet",
@@ -163,7 +163,7 @@ async fn scan_sorts_a_mix_of_vms_with_reasons() {
         nsg_rule("Allow", 200, "3389", "*"),
     );
     arm.set_subnet_nsg(&behind.subnet_id, None);
-    arm.seed_firewall(
+    arm.seed_listed_firewall(
         RG,
         "fw2",
         "az-classic-fw-vnet",

@@ -10,6 +10,7 @@ use hyper::{HeaderMap, Method};
 use serde_json::json;
 
 use super::errors::ArmError;
+use super::firewall;
 use super::ids::{self, Route};
 use super::listing;
 use super::lro::{self, OpKind, Poll};
@@ -102,6 +103,11 @@ fn answer(shared: &Shared, state: &mut State, request: &Incoming) -> Result<Repl
     match (&request.method, &route) {
         (&Method::GET, Route::Operation(_, _, id)) => poll_async_operation(shared, state, id),
         (&Method::GET, Route::OperationResult(_, _, id)) => poll_location(shared, state, id),
+        (&Method::GET, Route::Firewall(scope, name)) => firewall::get(state, scope, name),
+        (&Method::PUT, Route::Firewall(scope, name)) => firewall::put(&cx, state, scope, name),
+        (&Method::DELETE, Route::Firewall(scope, name)) => {
+            firewall::delete(&cx, state, scope, name)
+        }
         (&Method::GET, route) => reads::get(&state.model, route),
         (&Method::PUT, Route::Nsg(scope, name)) => writes::put_nsg(&cx, state, scope, name),
         (&Method::DELETE, Route::Nsg(scope, name)) => writes::delete_nsg(&cx, state, scope, name),

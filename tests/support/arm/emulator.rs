@@ -33,7 +33,7 @@ pub struct ArmEmulator {
     pub token: String,
     /// Subscription of the resources seeded through this handle.
     pub subscription: String,
-    shared: Arc<Shared>,
+    pub(super) shared: Arc<Shared>,
 }
 
 /// Ids of a VM seeded with its network by [`ArmEmulator::seed_vm_with_network`].

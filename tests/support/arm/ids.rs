@@ -50,6 +50,8 @@ pub(crate) enum Route {
     Rule(Scope, String, String),
     DefaultRules(Scope, String),
     DefaultRule(Scope, String, String),
+    /// An Azure Firewall.
+    Firewall(Scope, String),
     /// `Azure-AsyncOperation` polling: `(subscription, location, operation id)`.
     Operation(String, String, String),
     /// `Location` polling: `(subscription, location, operation id)`.
@@ -92,6 +94,7 @@ pub(crate) fn route(path: &str) -> Option<Route> {
     match segs.len() {
         7 if nsgs => Some(Route::NsgsInGroup(scope)),
         8 if nsgs => Some(Route::Nsg(scope, at(7))),
+        8 if network && is(6, "azureFirewalls") => Some(Route::Firewall(scope, at(7))),
         8 if network && is(6, "networkInterfaces") => Some(Route::Nic(scope, at(7))),
         8 if compute && is(6, "virtualMachines") => Some(Route::Vm(scope, at(7))),
         9 if nsgs && is(8, "securityRules") => Some(Route::Rules(scope, at(7))),

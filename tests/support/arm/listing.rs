@@ -377,10 +377,11 @@ impl ArmEmulator {
         id
     }
 
-    /// Creates Azure Firewall `name` in subnet `AzureFirewallSubnet` (`subnet_prefix`) of
+    /// Stores Azure Firewall `name` for list operations only (see [`ArmEmulator::seed_firewall`]
+    /// for one that takes writes), in subnet `AzureFirewallSubnet` (`subnet_prefix`) of
     /// virtual network `vnet`, at `private_ip`, governed by a new Firewall Manager policy
     /// named `policy` when given (classic rules otherwise); returns its id.
-    pub fn seed_firewall(
+    pub fn seed_listed_firewall(
         &self,
         resource_group: &str,
         name: &str,

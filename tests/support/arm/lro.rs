@@ -18,6 +18,8 @@ pub(crate) enum OpKind {
     DeleteNsg,
     PutRule(String),
     DeleteRule(String),
+    PutFirewall,
+    DeleteFirewall,
 }
 
 impl OpKind {
@@ -28,6 +30,8 @@ impl OpKind {
             OpKind::DeleteNsg => "DeleteNetworkSecurityGroupOperation",
             OpKind::PutRule(_) => "PutSecurityRuleOperation",
             OpKind::DeleteRule(_) => "DeleteSecurityRuleOperation",
+            OpKind::PutFirewall => "PutAzureFirewallOperation",
+            OpKind::DeleteFirewall => "DeleteAzureFirewallOperation",
         }
     }
 }
@@ -38,7 +42,7 @@ pub(crate) struct Operation {
     pub subscription: String,
     pub location: String,
     pub api_version: String,
-    /// Id of the NSG the operation holds.
+    /// Id of the resource the operation holds (an NSG or a firewall).
     pub nsg: String,
     pub kind: OpKind,
     pub polls_left: u32,
@@ -152,6 +156,9 @@ fn complete(state: &mut State, id: &str) {
 }
 
 fn apply(model: &mut Model, op: &Operation) {
+    if matches!(op.kind, OpKind::PutFirewall | OpKind::DeleteFirewall) {
+        return super::firewall::complete(model, op);
+    }
     if op.kind == OpKind::DeleteNsg {
         model.nsgs.remove(&ids::key(&op.nsg));
         return;
@@ -171,7 +178,9 @@ fn apply(model: &mut Model, op: &Operation) {
             }
         }
         OpKind::DeleteRule(name) => nsg.rules.retain(|r| !r.name.eq_ignore_ascii_case(name)),
-        OpKind::DeleteNsg => unreachable!("handled above"),
+        OpKind::DeleteNsg | OpKind::PutFirewall | OpKind::DeleteFirewall => {
+            unreachable!("handled above")
+        }
     }
     nsg.state = Provisioning::Succeeded;
     nsg.busy = None;

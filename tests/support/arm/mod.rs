@@ -23,6 +23,9 @@ mod defaults;
 mod dispatch;
 mod emulator;
 mod errors;
+mod firewall;
+mod firewall_rules;
+mod firewall_seed;
 mod ids;
 mod listing;
 mod lro;
@@ -39,5 +42,6 @@ mod writes;
 
 pub use client::{ArmClient, ArmResponse, NETWORK_API_VERSION};
 pub use emulator::{ArmEmulator, SeededVm};
+pub use firewall_seed::SeededFirewall;
 pub use options::{ArmOptions, BusyAnswer, DEFAULT_SUBSCRIPTION, Faults};
 pub use record::{Call, ThrottleWait};

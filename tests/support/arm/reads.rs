@@ -82,8 +82,8 @@ pub(crate) fn get(model: &Model, route: &Route) -> Result<Reply, ArmError> {
                     ArmError::child_not_found(&format!("{}/defaultSecurityRules/{name}", nsg.id))
                 })?
         }
-        Route::Operation(..) | Route::OperationResult(..) => {
-            unreachable!("operation polls are answered by the dispatcher")
+        Route::Operation(..) | Route::OperationResult(..) | Route::Firewall(..) => {
+            unreachable!("operation polls and firewalls are answered by the dispatcher")
         }
     };
     Ok(Reply::json(200, body))

@@ -136,6 +136,7 @@ pub(crate) struct Model {
     pub vms: BTreeMap<String, Vm>,
     /// What only list operations need (public IPs, firewalls, power states, …).
     pub extra: super::listing::Extra,
+    pub firewalls: BTreeMap<String, super::firewall::Firewall>,
 }
 
 impl Model {
