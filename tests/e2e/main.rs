@@ -15,6 +15,7 @@ mod identity;
 mod leader;
 mod never_left_open;
 mod on_time;
+mod production_paths;
 mod scan;
 mod stamp;
 mod webhook_server;

@@ -118,6 +118,13 @@ impl Operator {
             }
         }
         args.extend(extra);
+        // `--all-namespaces` (tests only): watch every namespace, as a cluster-wide install.
+        if let Some(i) = args.iter().position(|a| a == "--all-namespaces") {
+            args.remove(i);
+            if let Some(j) = args.iter().position(|a| a == "--namespace") {
+                args.drain(j..j + 2);
+            }
+        }
         let mut envs = vec![
             ("AWS_ENDPOINT_URL".to_string(), aws_url.to_string()),
             ("AWS_ACCESS_KEY_ID".into(), "testing".into()),
