@@ -12,6 +12,7 @@ mod azure_never_left_open;
 mod cli;
 mod crd_schema;
 mod identity;
+mod install;
 mod leader;
 mod never_left_open;
 mod on_time;

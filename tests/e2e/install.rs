@@ -1,0 +1,741 @@
+//! Installing Portcullis the way users do: the Helm chart (lint, render, schema), a
+//! `helm install` into the real kube-apiserver with the operator running as the chart's
+//! ServiceAccount, the RBAC proven sufficient (requests go Active on moto and on the ARM
+//! emulator with no `forbidden`) and not excessive (`kubectl auth can-i`), upgrade and
+//! uninstall, and the OCI image built here and run from its unpacked rootfs.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
+};
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use portcullis::api::{AccessRequest, JitPolicy, Phase};
+use portcullis::webhook::register::{self, Endpoint, Registration};
+use serde_json::{Value, json};
+
+use crate::support::arm::ArmEmulator;
+use crate::support::aws;
+use crate::support::helm;
+use crate::support::kube_helpers::{
+    delete_and_wait_gone, eventually, namespace_named, wait_for_webhook,
+};
+use crate::support::operator::{Operator, binary, http_get};
+use crate::support::process::free_port;
+use crate::support::testbed::{ADMIN, Testbed, repo_root, run};
+
+const MINUTE: Duration = Duration::from_secs(60);
+
+/// Every optional feature of the chart switched on.
+fn every_feature() -> Value {
+    json!({
+        "replicaCount": 3,
+        "image": {"repository": "registry.example/portcullis", "tag": "0.1.0-test", "pullPolicy": "Always"},
+        "imagePullSecrets": [{"name": "regcred"}],
+        "clusterName": "prod-eu",
+        "watchNamespace": "team-a",
+        "resync": "30s",
+        "finishedTtl": "1h",
+        "logFormat": "text",
+        "awsRegions": ["eu-west-1", "us-east-1"],
+        "extraArgs": ["--concurrency=8"],
+        "extraEnv": [{"name": "AWS_REGION", "value": "eu-west-1"}],
+        "serviceAccount": {"create": true, "name": "jit-operator", "annotations": {
+            "eks.amazonaws.com/role-arn": "arn:aws:iam::123456789012:role/portcullis"}},
+        "azure": {"workloadIdentity": {"enabled": true, "clientId": "00000000-0000-0000-0000-000000000001", "tenantId": "00000000-0000-0000-0000-000000000002"}},
+        "webhook": {"port": 10443, "timeoutSeconds": 5, "certManager": {"enabled": true}},
+        "metrics": {"port": 9090, "serviceMonitor": {"enabled": true, "interval": "15s", "labels": {"release": "prom"}}},
+        "leaderElection": {"leaseDuration": "20s"},
+        "podDisruptionBudget": {"enabled": true, "minAvailable": 1},
+        "networkPolicy": {"enabled": true},
+        "rbac": {"peopleRoles": true},
+        "nodeSelector": {"kubernetes.io/os": "linux"},
+        "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "ops", "effect": "NoSchedule"}],
+        "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{"matchExpressions": [{"key": "kubernetes.io/arch", "operator": "In", "values": ["amd64"]}]}]}}},
+        "topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "DoNotSchedule", "labelSelector": {"matchLabels": {"app.kubernetes.io/name": "portcullis"}}}],
+        "podAnnotations": {"example.com/scrape": "true"},
+        "podLabels": {"team": "platform"},
+        "priorityClassName": "system-cluster-critical",
+    })
+}
+
+fn kinds(objects: &[Value]) -> Vec<String> {
+    let mut v: Vec<String> = objects
+        .iter()
+        .map(|o| format!("{}/{}", o["kind"].as_str().unwrap(), o["metadata"]["name"].as_str().unwrap()))
+        .collect();
+    v.sort();
+    v
+}
+
+fn container(objects: &[Value], deployment: &str) -> Value {
+    helm::find(objects, "Deployment", deployment).expect("the Deployment")["spec"]["template"]["spec"]["containers"][0].clone()
+}
+
+fn args(container: &Value) -> Vec<String> {
+    container["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect()
+}
+
+/// The rules of a Role or ClusterRole as (apiGroup, resource, verb, resourceNames) rows.
+fn rules(role: &Value) -> Vec<(String, String, String, String)> {
+    let mut rows = Vec::new();
+    for r in role["rules"].as_array().unwrap() {
+        let names = r["resourceNames"]
+            .as_array()
+            .map(|n| n.iter().map(|x| x.as_str().unwrap()).collect::<Vec<_>>().join(","))
+            .unwrap_or_default();
+        for g in r["apiGroups"].as_array().unwrap() {
+            for res in r["resources"].as_array().unwrap() {
+                for v in r["verbs"].as_array().unwrap() {
+                    rows.push((
+                        g.as_str().unwrap().into(),
+                        res.as_str().unwrap().into(),
+                        v.as_str().unwrap().into(),
+                        names.clone(),
+                    ));
+                }
+            }
+        }
+    }
+    rows
+}
+
+/// The webhooks the operator would register itself, without the caBundle it adds.
+fn webhooks_of_the_operator(namespace: &str, watch: Option<&str>, timeout: i32) -> (Value, Value) {
+    let (m, v) = register::configurations(&Registration {
+        name: "portcullis".into(),
+        endpoint: Endpoint::Service {
+            namespace: namespace.into(),
+            name: "portcullis-webhook".into(),
+            port: 443,
+        },
+        ca_pem: String::new(),
+        namespace: watch.map(String::from),
+    });
+    let strip = |mut hooks: Value| {
+        for h in hooks.as_array_mut().unwrap() {
+            h["clientConfig"].as_object_mut().unwrap().remove("caBundle");
+            h["timeoutSeconds"] = json!(timeout);
+        }
+        hooks
+    };
+    (
+        strip(serde_json::to_value(m).unwrap()["webhooks"].clone()),
+        strip(serde_json::to_value(v).unwrap()["webhooks"].clone()),
+    )
+}
+
+#[test]
+fn chart_crds_are_the_generated_ones_and_its_app_version_is_the_crate_version() {
+    let read_dir = |dir: &Path| {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    let top = repo_root().join("crds");
+    let chart = helm::chart().join("crds");
+    assert_eq!(read_dir(&top), read_dir(&chart), "the same CRD files");
+    for name in read_dir(&top) {
+        assert_eq!(
+            std::fs::read(top.join(&name)).unwrap(),
+            std::fs::read(chart.join(&name)).unwrap(),
+            "charts/portcullis/crds/{name} differs from crds/{name}: cp crds/*.yaml charts/portcullis/crds/"
+        );
+    }
+    let chart_yaml: Value =
+        serde_saphyr::from_str(&std::fs::read_to_string(helm::chart().join("Chart.yaml")).unwrap()).unwrap();
+    assert_eq!(chart_yaml["apiVersion"], "v2");
+    assert_eq!(chart_yaml["appVersion"], env!("CARGO_PKG_VERSION"));
+}
+
+#[test]
+fn chart_lints_strict_and_renders_with_defaults_and_with_every_feature() {
+    for values in [json!({}), every_feature()] {
+        let report = helm::lint(values.clone());
+        assert_eq!(report["errors"], json!([]), "lint --strict: {report}");
+        let warnings: Vec<&Value> = report["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["severity"].as_u64() >= Some(2))
+            .collect();
+        assert!(warnings.is_empty(), "lint --strict warnings: {warnings:?}");
+    }
+
+    // Defaults: a cluster-wide install that owns its webhook configurations.
+    let objs = helm::render(json!({}), "portcullis", "portcullis-system").unwrap();
+    assert_eq!(
+        kinds(&objs),
+        [
+            "ClusterRole/portcullis-operator",
+            "ClusterRole/portcullis-policy-admin",
+            "ClusterRole/portcullis-requester",
+            "ClusterRoleBinding/portcullis-operator",
+            "Deployment/portcullis",
+            "MutatingWebhookConfiguration/portcullis",
+            "PodDisruptionBudget/portcullis",
+            "Role/portcullis-operator",
+            "RoleBinding/portcullis-operator",
+            "Service/portcullis-metrics",
+            "Service/portcullis-webhook",
+            "ServiceAccount/portcullis",
+            "ValidatingWebhookConfiguration/portcullis",
+        ]
+    );
+    let d = helm::find(&objs, "Deployment", "portcullis").unwrap();
+    assert_eq!(d["spec"]["replicas"], 2);
+    let pod = &d["spec"]["template"]["spec"];
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(pod["securityContext"]["seccompProfile"]["type"], "RuntimeDefault");
+    assert_eq!(pod["topologySpreadConstraints"][0]["topologyKey"], "kubernetes.io/hostname");
+    let c = container(&objs, "portcullis");
+    assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
+    assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
+    assert_eq!(c["securityContext"]["capabilities"]["drop"], json!(["ALL"]));
+    assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert!(c["resources"]["limits"]["memory"].is_string());
+    let a = args(&c);
+    assert!(a.contains(&"--webhook-registration=patch-ca".into()), "{a:?}");
+    assert!(!a.iter().any(|x| x.starts_with("--namespace")), "all namespaces: {a:?}");
+    let env: Vec<&str> = c["env"].as_array().unwrap().iter().map(|e| e["name"].as_str().unwrap()).collect();
+    assert_eq!(env, ["POD_NAME", "POD_NAMESPACE"]);
+    // The chart's webhooks are the operator's own.
+    let (m, v) = webhooks_of_the_operator("portcullis-system", None, 10);
+    assert_eq!(helm::find(&objs, "MutatingWebhookConfiguration", "portcullis").unwrap()["webhooks"], m);
+    assert_eq!(helm::find(&objs, "ValidatingWebhookConfiguration", "portcullis").unwrap()["webhooks"], v);
+    let cluster = rules(helm::find(&objs, "ClusterRole", "portcullis-operator").unwrap());
+    assert!(cluster.contains(&("".into(), "namespaces".into(), "get".into(), "kube-system".into())));
+
+    // Every feature on.
+    let objs = helm::render(every_feature(), "jit", "ops").unwrap();
+    let names = kinds(&objs);
+    for expected in [
+        "Certificate/jit-portcullis-ca",
+        "Certificate/jit-portcullis-webhook",
+        "Issuer/jit-portcullis-ca",
+        "Issuer/jit-portcullis-selfsigned",
+        "NetworkPolicy/jit-portcullis",
+        "Role/jit-portcullis-operator-watched",
+        "RoleBinding/jit-portcullis-operator-watched",
+        "ServiceMonitor/jit-portcullis",
+        "ServiceAccount/jit-operator",
+    ] {
+        assert!(names.contains(&expected.to_string()), "{expected} in {names:?}");
+    }
+    let d = helm::find(&objs, "Deployment", "jit-portcullis").unwrap();
+    let pod = &d["spec"]["template"];
+    assert_eq!(d["spec"]["replicas"], 3);
+    assert_eq!(pod["metadata"]["labels"]["azure.workload.identity/use"], "true");
+    assert_eq!(pod["metadata"]["labels"]["team"], "platform");
+    assert_eq!(pod["metadata"]["annotations"]["example.com/scrape"], "true");
+    assert_eq!(pod["spec"]["priorityClassName"], "system-cluster-critical");
+    assert_eq!(pod["spec"]["imagePullSecrets"][0]["name"], "regcred");
+    assert_eq!(pod["spec"]["nodeSelector"]["kubernetes.io/os"], "linux");
+    assert_eq!(pod["spec"]["tolerations"][0]["key"], "dedicated");
+    assert!(pod["spec"]["affinity"]["nodeAffinity"].is_object());
+    assert_eq!(pod["spec"]["topologySpreadConstraints"][0]["topologyKey"], "topology.kubernetes.io/zone");
+    assert_eq!(pod["spec"]["serviceAccountName"], "jit-operator");
+    let c = container(&objs, "jit-portcullis");
+    assert_eq!(c["image"], "registry.example/portcullis:0.1.0-test");
+    assert_eq!(c["imagePullPolicy"], "Always");
+    let a = args(&c);
+    for expected in [
+        "--cluster-name=prod-eu",
+        "--namespace=team-a",
+        "--resync=30s",
+        "--finished-ttl=1h",
+        "--log-format=text",
+        "--aws-region=eu-west-1,us-east-1",
+        "--concurrency=8",
+        "--webhook-registration=none",
+        "--webhook-cert-dir=/etc/portcullis/webhook-cert",
+        "--webhook-listen=0.0.0.0:10443",
+        "--metrics-listen=0.0.0.0:9090",
+        "--lease-duration=20s",
+    ] {
+        assert!(a.contains(&expected.to_string()), "{expected} in {a:?}");
+    }
+    assert_eq!(c["env"][2]["name"], "AWS_REGION");
+    let sa = helm::find(&objs, "ServiceAccount", "jit-operator").unwrap();
+    assert_eq!(sa["metadata"]["annotations"]["eks.amazonaws.com/role-arn"], "arn:aws:iam::123456789012:role/portcullis");
+    assert_eq!(sa["metadata"]["annotations"]["azure.workload.identity/client-id"], "00000000-0000-0000-0000-000000000001");
+    let sm = helm::find(&objs, "ServiceMonitor", "jit-portcullis").unwrap();
+    assert_eq!(sm["metadata"]["labels"]["release"], "prom");
+    // cert-manager's CA injector keeps the caBundle: the operator gets no rights on the
+    // webhook configurations, and its certificate comes from the mounted Secret.
+    let mutating = helm::find(&objs, "MutatingWebhookConfiguration", "jit-portcullis").unwrap();
+    assert_eq!(mutating["metadata"]["annotations"]["cert-manager.io/inject-ca-from"], "ops/jit-portcullis-webhook");
+    let cluster = rules(helm::find(&objs, "ClusterRole", "jit-portcullis-operator").unwrap());
+    assert_eq!(
+        cluster,
+        [("authorization.k8s.io".to_string(), "subjectaccessreviews".to_string(), "create".to_string(), String::new())],
+        "a namespace-scoped install with a cluster name and cert-manager needs only SubjectAccessReviews cluster-wide"
+    );
+    let watched = helm::find(&objs, "Role", "jit-portcullis-operator-watched").unwrap();
+    assert_eq!(watched["metadata"]["namespace"], "team-a");
+    assert!(rules(watched).contains(&("jit.portcullis.dev".into(), "accessrequests".into(), "delete".into(), String::new())));
+    // Admission covers only the watched namespace, as the operator's own registration.
+    let (m, _) = webhooks_of_the_operator("ops", Some("team-a"), 5);
+    let mut chart_hooks = mutating["webhooks"].clone();
+    chart_hooks[0]["clientConfig"]["service"]["name"] = json!("portcullis-webhook");
+    assert_eq!(chart_hooks, m);
+    let cert = helm::find(&objs, "Certificate", "jit-portcullis-webhook").unwrap();
+    assert_eq!(cert["spec"]["dnsNames"][2], "jit-portcullis-webhook.ops.svc");
+}
+
+#[test]
+fn the_schema_rejects_wrong_values() {
+    helm::validate(json!({})).expect("the defaults pass");
+    helm::validate(every_feature()).expect("every feature passes");
+    for (values, says) in [
+        (json!({"replicaCount": "2"}), "/replicaCount"),
+        (json!({"logFormat": "xml"}), "/logFormat"),
+        (json!({"replicaCuont": 2}), "replicaCuont"),
+        (json!({"resync": "1 minute"}), "/resync"),
+        (json!({"image": {"pullPolicy": "Sometimes"}}), "/image/pullPolicy"),
+        (json!({"webhook": {"certManager": {"enabled": "yes"}}}), "/webhook/certManager/enabled"),
+        (json!({"serviceAccount": {"anotations": {}}}), "anotations"),
+    ] {
+        let err = helm::validate(values.clone()).expect_err(&format!("{values} must be rejected"));
+        assert!(err.contains(says), "{values}: {err}");
+        // Rendering (what install does) refuses them too.
+        let err = helm::render(values.clone(), "p", "x").expect_err(&format!("{values} must not render"));
+        assert!(err.contains(says), "{values}: {err}");
+    }
+}
+
+/// A kubeconfig for `token` against the test bed's API server.
+fn token_kubeconfig(tb: &Testbed, token: &str, path: &Path) {
+    use base64::Engine;
+    let ca = std::fs::read_to_string(tb.dir.join("ca.crt")).unwrap();
+    let ca = base64::engine::general_purpose::STANDARD.encode(ca);
+    std::fs::write(
+        path,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: testbed\n  cluster:\n    server: {}\n    certificate-authority-data: {ca}\nusers:\n- name: sa\n  user:\n    token: {token}\ncontexts:\n- name: sa\n  context: {{cluster: testbed, user: sa}}\ncurrent-context: sa\n",
+            tb.apiserver_url
+        ),
+    )
+    .unwrap();
+}
+
+/// A token for ServiceAccount `ns/name` from the TokenRequest API, as the kubelet gets
+/// one for a pod.
+async fn service_account_token(client: &kube::Client, ns: &str, name: &str) -> String {
+    use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
+    let request = TokenRequest {
+        spec: TokenRequestSpec {
+            expiration_seconds: Some(3600),
+            ..TokenRequestSpec::default()
+        },
+        ..TokenRequest::default()
+    };
+    let answer: TokenRequest = sas
+        .create_subresource("token", name, &PostParams::default(), serde_json::to_vec(&request).unwrap())
+        .await
+        .expect("a TokenRequest for the chart's ServiceAccount");
+    answer.status.expect("a token").token
+}
+
+/// Runs the container of the installed Deployment as a process: its args and env as
+/// rendered, with only what differs outside a pod changed: the listen addresses (loopback
+/// ports of its own, as a pod has its own network), `--webhook-url` (the API server
+/// reaches it there instead of through the Service) and `--kubeconfig` (the
+/// ServiceAccount's token, as the kubelet would mount it). Returns it and its webhook URL.
+async fn run_deployment(tb: &Testbed, client: &kube::Client, ns: &str, name: &str, kubeconfig: &Path, pod: &str) -> (Operator, String) {
+    let d: Deployment = Api::namespaced(client.clone(), ns).get(name).await.unwrap();
+    let c = d.spec.unwrap().template.spec.unwrap().containers.remove(0);
+    let (webhook_port, metrics_port) = (free_port(), free_port());
+    let url = format!("https://127.0.0.1:{webhook_port}");
+    let mut args: Vec<String> = c
+        .args
+        .unwrap_or_default()
+        .into_iter()
+        .map(|a| {
+            if a.starts_with("--webhook-listen=") {
+                format!("--webhook-listen=127.0.0.1:{webhook_port}")
+            } else if a.starts_with("--metrics-listen=") {
+                format!("--metrics-listen=127.0.0.1:{metrics_port}")
+            } else {
+                a
+            }
+        })
+        .collect();
+    args.push(format!("--webhook-url={url}"));
+    args.push(format!("--kubeconfig={}", kubeconfig.display()));
+    let envs: Vec<(String, String)> = c
+        .env
+        .unwrap_or_default()
+        .into_iter()
+        .map(|e| {
+            let value = match e.value_from.and_then(|v| v.field_ref).map(|f| f.field_path) {
+                Some(p) if p == "metadata.name" => pod.to_string(),
+                Some(p) if p == "metadata.namespace" => ns.to_string(),
+                Some(p) => panic!("the test cannot resolve fieldRef {p}"),
+                None => e.value.unwrap_or_default(),
+            };
+            (e.name, value)
+        })
+        .collect();
+    let op = Operator::start_exact(tb, pod, binary(), args, envs, format!("http://127.0.0.1:{metrics_port}"));
+    (op, url)
+}
+
+/// Points the chart's webhook configurations at `url` instead of the Service: the API
+/// server outside a cluster network cannot reach a Service (no kube-proxy), so the test
+/// stands in for that path. Nothing else of them changes; the caBundle stays the
+/// operator's business.
+async fn route_webhooks_to(client: &kube::Client, name: &str, url: &str) {
+    async fn reroute<K>(api: Api<K>, name: &str, url: &str)
+    where
+        K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+    {
+        let current = serde_json::to_value(api.get(name).await.unwrap()).unwrap();
+        let mut ops = Vec::new();
+        for (i, h) in current["webhooks"].as_array().unwrap().iter().enumerate() {
+            if let Some(path) = h["clientConfig"]["service"]["path"].as_str() {
+                ops.push(json!({"op": "remove", "path": format!("/webhooks/{i}/clientConfig/service")}));
+                ops.push(json!({"op": "add", "path": format!("/webhooks/{i}/clientConfig/url"), "value": format!("{url}{path}")}));
+            }
+        }
+        if !ops.is_empty() {
+            let patch: json_patch::Patch = serde_json::from_value(Value::Array(ops)).unwrap();
+            api.patch(name, &PatchParams::default(), &Patch::Json::<()>(patch)).await.unwrap();
+        }
+    }
+    reroute(Api::<MutatingWebhookConfiguration>::all(client.clone()), name, url).await;
+    reroute(Api::<ValidatingWebhookConfiguration>::all(client.clone()), name, url).await;
+}
+
+/// `kubectl auth can-i … --as <the chart's ServiceAccount>`.
+fn can_i(tb: &Testbed, sa: &str, what: &[&str]) -> bool {
+    let out = tb
+        .kubectl(ADMIN)
+        .args(["auth", "can-i"])
+        .args(what)
+        .arg(format!("--as={sa}"))
+        .output()
+        .unwrap();
+    let answer = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    match answer.as_str() {
+        "yes" => true,
+        "no" => false,
+        other => panic!("kubectl auth can-i {what:?}: {other:?} {}", String::from_utf8_lossy(&out.stderr)),
+    }
+}
+
+async fn aws_request_goes_active(client: &kube::Client, ec2: &aws_sdk_ec2::Client, ns: &str, policy: &str, request: &str) {
+    let vm = aws::instance(ec2).await;
+    let policies: Api<JitPolicy> = Api::namespaced(client.clone(), ns);
+    let p: JitPolicy = serde_saphyr::from_str(&format!(
+        "apiVersion: jit.portcullis.dev/v1alpha1\nkind: JitPolicy\nmetadata: {{name: {policy}}}\nspec:\n  targets:\n    - name: web\n      aws: {{region: {}, instanceId: {}}}\n  ports:\n    - {{port: 22, protocol: TCP, allowedSourcePrefixes: [\"203.0.113.0/24\"], maxDuration: 1h}}\n",
+        aws::REGION, vm.instance_id
+    ))
+    .unwrap();
+    policies.create(&PostParams::default(), &p).await.unwrap();
+    request_goes_active(client, ns, policy, "web", request).await;
+}
+
+async fn request_goes_active(client: &kube::Client, ns: &str, policy: &str, target: &str, request: &str) {
+    let requests: Api<AccessRequest> = Api::namespaced(client.clone(), ns);
+    let r: AccessRequest = serde_saphyr::from_str(&format!(
+        "apiVersion: jit.portcullis.dev/v1alpha1\nkind: AccessRequest\nmetadata: {{name: {request}}}\nspec:\n  policyRef: {{name: {policy}}}\n  target: {target}\n  ports:\n    - {{port: 22, sourcePrefix: 203.0.113.7/32, duration: 10m}}\n  justification: installed with Helm\n"
+    ))
+    .unwrap();
+    requests.create(&PostParams::default(), &r).await.unwrap();
+    let r = eventually(&format!("{ns}/{request} Active"), MINUTE, || async {
+        let r = requests.get(request).await.ok()?;
+        (r.status.as_ref()?.phase == Some(Phase::Active)).then_some(r)
+    })
+    .await;
+    assert_eq!(r.status.unwrap().requester.unwrap().username, "admin", "stamped by the chart's webhook");
+}
+
+#[tokio::test]
+async fn helm_install_runs_as_its_service_account_upgrades_and_uninstalls() {
+    let started = Instant::now();
+    // A test bed of its own: a cluster-wide install must not meet the other tests'.
+    let tb = Testbed::start().expect("a private test bed");
+    let client = tb.client(ADMIN).await;
+    let arm = ArmEmulator::start().await;
+    let arm_ca = tb.dir.join("arm-ca.pem");
+    std::fs::write(&arm_ca, &arm.ca_pem).unwrap();
+    let (release, ns) = ("portcullis", "portcullis-system");
+    let sa = format!("system:serviceaccount:{ns}:portcullis");
+    let env = |k: &str, v: &str| json!({"name": k, "value": v});
+    // The values a user would give (the endpoints are the test bed's clouds).
+    let values = json!({
+        "logFormat": "text",
+        "resync": "2s",
+        "leaderElection": {"leaseDuration": "3s"},
+        "extraEnv": [
+            env("AWS_ENDPOINT_URL", &tb.moto_url),
+            env("AWS_ACCESS_KEY_ID", "testing"),
+            env("AWS_SECRET_ACCESS_KEY", "testing"),
+            env("AWS_REGION", aws::REGION),
+            env("AWS_EC2_METADATA_DISABLED", "true"),
+            env("PORTCULLIS_ARM_ENDPOINT", &arm.url),
+            env("PORTCULLIS_ARM_CA_FILE", &arm_ca.display().to_string()),
+            env("PORTCULLIS_ARM_TOKEN", &arm.token),
+        ],
+    });
+    let kubeconfig = tb.kubeconfig(ADMIN);
+
+    // helm install creates every object of the release (and the CRDs from crds/).
+    let installed = helm::release("install", &kubeconfig, release, ns, values.clone()).expect("helm install");
+    let manifest = tb.dir.join("release.yaml");
+    std::fs::write(&manifest, installed["manifest"].as_str().unwrap()).unwrap();
+    let rendered = helm::objects(installed["manifest"].as_str().unwrap());
+    let found = run(tb.kubectl(ADMIN).args(["get", "-o", "name", "-f"]).arg(&manifest)).expect("every object exists");
+    assert_eq!(found.lines().count(), rendered.len(), "{found}");
+    assert_eq!(rendered.len(), 13, "{:?}", kinds(&rendered));
+    run(tb.kubectl(ADMIN).args(["wait", "--for=condition=Established", "--timeout=60s", "crd/jitpolicies.jit.portcullis.dev", "crd/accessrequests.jit.portcullis.dev"])).expect("CRDs from the chart");
+    eprintln!("helm install done after {:.1}s", started.elapsed().as_secs_f64());
+
+    // The operator as the chart's ServiceAccount.
+    let token = service_account_token(&client, ns, "portcullis").await;
+    let sa_kubeconfig = tb.dir.join("kubeconfig-sa");
+    token_kubeconfig(&tb, &token, &sa_kubeconfig);
+    let (mut op, url) = run_deployment(&tb, &client, ns, release, &sa_kubeconfig, "portcullis-0").await;
+    route_webhooks_to(&client, release, &url).await;
+    namespace_named(&client, "team-a").await;
+    wait_for_webhook(&client, "team-a").await;
+
+    let ec2 = aws::client(&tb.moto_url);
+    aws_request_goes_active(&client, &ec2, "team-a", "aws", "ssh-aws").await;
+    let vm = arm.seed_vm_with_network("rg-jit", "vm1", "10.1.0.4");
+    let policies: Api<JitPolicy> = Api::namespaced(client.clone(), "team-a");
+    let p: JitPolicy = serde_saphyr::from_str(&format!(
+        "apiVersion: jit.portcullis.dev/v1alpha1\nkind: JitPolicy\nmetadata: {{name: azure}}\nspec:\n  targets:\n    - name: vm1\n      azure: {{vmId: {}}}\n  ports:\n    - {{port: 22, protocol: TCP, allowedSourcePrefixes: [\"203.0.113.0/24\"], maxDuration: 1h}}\n",
+        vm.vm_id
+    ))
+    .unwrap();
+    policies.create(&PostParams::default(), &p).await.unwrap();
+    request_goes_active(&client, "team-a", "azure", "vm1", "ssh-azure").await;
+    let log = op.log();
+    assert!(!log.to_lowercase().contains("forbidden"), "the chart's RBAC must be sufficient:\n{log}");
+    assert!(log.contains("patched the webhook caBundle"), "the operator keeps the chart's caBundle:\n{log}");
+    eprintln!("AWS and Azure requests Active as the ServiceAccount after {:.1}s", started.elapsed().as_secs_f64());
+
+    // Not excessive.
+    let yes: &[&[&str]] = &[
+        &["get", "secrets", "-n", ns],
+        &["create", "secrets", "-n", ns],
+        &["update", "leases/portcullis-leader", "-n", ns],
+        &["create", "subjectaccessreviews.authorization.k8s.io"],
+        &["patch", "mutatingwebhookconfigurations/portcullis"],
+        &["patch", "validatingwebhookconfigurations/portcullis"],
+        &["list", "accessrequests.jit.portcullis.dev", "--all-namespaces"],
+        &["patch", "jitpolicies.jit.portcullis.dev", "--subresource=status", "-n", "team-a"],
+        &["get", "namespaces/kube-system"],
+    ];
+    let no: &[&[&str]] = &[
+        &["*", "*"],
+        &["*", "*", "-n", ns],
+        &["get", "secrets", "-n", "team-a"],
+        &["get", "secrets", "-n", "kube-system"],
+        &["list", "secrets", "-n", ns],
+        &["watch", "secrets", "-n", ns],
+        &["delete", "secrets", "-n", ns],
+        &["get", "pods", "-n", ns],
+        &["list", "pods", "--all-namespaces"],
+        &["create", "pods", "-n", "team-a"],
+        &["create", "mutatingwebhookconfigurations"],
+        &["patch", "mutatingwebhookconfigurations/someone-else"],
+        &["delete", "validatingwebhookconfigurations/portcullis"],
+        &["update", "leases/someone-else", "-n", ns],
+        &["delete", "jitpolicies.jit.portcullis.dev", "-n", "team-a"],
+        &["create", "jitpolicies.jit.portcullis.dev", "-n", "team-a"],
+        &["request", "jitpolicies.jit.portcullis.dev", "-n", "team-a"],
+        &["update", "accessrequests.jit.portcullis.dev", "-n", "team-a"],
+        &["get", "namespaces/default"],
+        &["list", "namespaces"],
+        &["create", "clusterrolebindings"],
+        &["get", "configmaps", "-n", ns],
+    ];
+    for what in yes {
+        assert!(can_i(&tb, &sa, what), "the operator needs {what:?}");
+    }
+    for what in no {
+        assert!(!can_i(&tb, &sa, what), "the operator must not have {what:?}");
+    }
+
+    // helm upgrade with changed values; the new pod (a process from the new Deployment)
+    // serves and reconciles as before.
+    let mut changed = values.clone();
+    changed["replicaCount"] = json!(3);
+    changed["extraArgs"] = json!(["--concurrency=8"]);
+    let upgraded = helm::release("upgrade", &kubeconfig, release, ns, changed).expect("helm upgrade");
+    assert_eq!(upgraded["version"], 2, "revision 2: {}", upgraded["info"]);
+    let d: Deployment = Api::namespaced(client.clone(), ns).get(release).await.unwrap();
+    assert_eq!(d.spec.as_ref().unwrap().replicas, Some(3));
+    assert!(d.spec.unwrap().template.spec.unwrap().containers[0].args.as_ref().unwrap().contains(&"--concurrency=8".to_string()));
+    op.terminate(Duration::from_secs(10)).expect("the old pod stops on SIGTERM");
+    let (mut op, url) = run_deployment(&tb, &client, ns, release, &sa_kubeconfig, "portcullis-1").await;
+    route_webhooks_to(&client, release, &url).await;
+    wait_for_webhook(&client, "team-a").await;
+    aws_request_goes_active(&client, &ec2, "team-a", "aws-2", "ssh-aws-2").await;
+    assert!(!op.log().to_lowercase().contains("forbidden"), "{}", op.log());
+
+    // Uninstall as the README says: end the grants first, while the operator runs.
+    let requests: Api<AccessRequest> = Api::namespaced(client.clone(), "team-a");
+    for r in ["ssh-aws", "ssh-azure", "ssh-aws-2"] {
+        delete_and_wait_gone(&requests, r).await;
+    }
+    for p in ["aws", "azure", "aws-2"] {
+        delete_and_wait_gone(&policies, p).await;
+    }
+    assert!(
+        !arm.rules(&vm.nic_nsg_id).iter().any(|r| r["name"].as_str().unwrap_or_default().starts_with("jit")),
+        "the operator removed its NSG rules: {:?}",
+        arm.rules(&vm.nic_nsg_id)
+    );
+    let uninstalled = helm::release("uninstall", &kubeconfig, release, ns, json!({})).expect("helm uninstall");
+    assert!(uninstalled.is_object());
+    op.terminate(Duration::from_secs(10)).expect("the pod stops");
+    let left = tb.kubectl(ADMIN).args(["get", "-o", "name", "--ignore-not-found", "-f"]).arg(&manifest).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&left.stdout).trim(), "", "uninstall removes every object of the release");
+    // No webhook is left to refuse people: objects of the kept CRDs can be made.
+    let p: JitPolicy = serde_saphyr::from_str(
+        "apiVersion: jit.portcullis.dev/v1alpha1\nkind: JitPolicy\nmetadata: {name: after}\nspec:\n  targets:\n    - name: web\n      aws: {region: eu-west-1, instanceId: i-0123456789abcdef0}\n  ports:\n    - {port: 22, protocol: TCP, allowedSourcePrefixes: [\"203.0.113.0/24\"], maxDuration: 1h}\n",
+    )
+    .unwrap();
+    policies.create(&PostParams::default(), &p).await.expect("no webhook configuration outlives the install");
+    eprintln!("install, upgrade and uninstall done in {:.1}s", started.elapsed().as_secs_f64());
+}
+
+/// Builds the image with `scripts/image` from the binary under test and unpacks it
+/// (`umoci unpack`): the bundle directory, holding `rootfs/` and the runtime `config.json`
+/// made from the image's config.
+fn build_and_unpack_image(out: &Path) -> (PathBuf, Value) {
+    let printed = run(Command::new(repo_root().join("scripts/image"))
+        .arg("--binary")
+        .arg(binary())
+        .arg("--out")
+        .arg(out))
+    .expect("scripts/image");
+    let layout = printed
+        .lines()
+        .find_map(|l| l.strip_prefix("PORTCULLIS_IMAGE_LAYOUT="))
+        .expect("the layout");
+    let archive = printed
+        .lines()
+        .find_map(|l| l.strip_prefix("PORTCULLIS_IMAGE_ARCHIVE="))
+        .expect("the archive");
+    let size = std::fs::metadata(archive).unwrap().len();
+    eprintln!("OCI archive {archive}: {:.1} MiB", size as f64 / 1048576.0);
+    // The archive is a valid OCI layout: unpack from a copy extracted from it.
+    let from_archive = out.join("from-archive");
+    std::fs::create_dir_all(&from_archive).unwrap();
+    run(Command::new("tar").arg("-xf").arg(archive).arg("-C").arg(&from_archive)).unwrap();
+    let index: Value = serde_json::from_slice(&std::fs::read(from_archive.join("oci-layout")).unwrap()).unwrap();
+    assert_eq!(index["imageLayoutVersion"], "1.0.0");
+    let tag = layout.rsplit(':').next().unwrap();
+    let bundle = out.join("bundle");
+    run(Command::new("umoci")
+        .args(["unpack", "--rootless", "--image"])
+        .arg(format!("{}:{tag}", from_archive.display()))
+        .arg(&bundle))
+    .expect("umoci unpack");
+    let config: Value = serde_json::from_slice(&std::fs::read(bundle.join("config.json")).unwrap()).unwrap();
+    (bundle, config)
+}
+
+#[tokio::test]
+async fn the_image_builds_here_and_its_entrypoint_runs_from_the_unpacked_rootfs() {
+    let tb = Testbed::shared();
+    tb.install_crds().expect("CRDs install");
+    let client = tb.client(ADMIN).await;
+    let ns = crate::support::kube_helpers::namespace(&client, "image").await;
+    let started = Instant::now();
+    let (bundle, config) = build_and_unpack_image(&tb.dir.join(format!("image-{ns}")));
+    eprintln!("image built and unpacked in {:.1}s", started.elapsed().as_secs_f64());
+    let rootfs = bundle.join("rootfs");
+    let process = &config["process"];
+    assert_eq!(process["user"]["uid"], 65532, "non-root");
+    assert_eq!(process["user"]["gid"], 65532);
+    let entry: Vec<String> = process["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap().to_string()).collect();
+    assert_eq!(entry, ["/usr/local/bin/portcullis", "run"], "entrypoint and default command");
+    assert!(!rootfs.join("bin/sh").exists(), "no shell in the image");
+    let files: Vec<String> = walk(&rootfs);
+    eprintln!("rootfs files: {files:?}");
+    let rootfs_size: u64 = files.iter().map(|f| std::fs::metadata(rootfs.join(f)).map(|m| m.len()).unwrap_or(0)).sum();
+    eprintln!("rootfs: {} files, {:.1} MiB", files.len(), rootfs_size as f64 / 1048576.0);
+    let env: Vec<String> = process["env"].as_array().unwrap().iter().map(|a| a.as_str().unwrap().to_string()).collect();
+
+    // Run it as the image says, inside the rootfs: only what the image holds is there.
+    let in_rootfs = |args: &[String]| {
+        let mut cmd = Command::new("chroot");
+        cmd.arg("--userspec=65532:65532").arg(&rootfs).arg(&entry[0]).args(args).env_clear();
+        for e in &env {
+            let (k, v) = e.split_once('=').unwrap();
+            cmd.env(k, v);
+        }
+        cmd
+    };
+    let version = run(&mut in_rootfs(&["--version".into()])).expect("--version from the rootfs");
+    assert_eq!(version.trim(), format!("portcullis {}", env!("CARGO_PKG_VERSION")));
+
+    // `run` against the test bed, until /readyz answers.
+    let kubeconfig = rootfs.join("tmp/kubeconfig");
+    std::fs::copy(tb.kubeconfig(ADMIN), &kubeconfig).unwrap();
+    std::fs::set_permissions(&kubeconfig, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let (webhook_port, metrics_port) = (free_port(), free_port());
+    let args: Vec<String> = [
+        "run".to_string(),
+        "--kubeconfig=/tmp/kubeconfig".into(),
+        format!("--namespace={ns}"),
+        format!("--operator-namespace={ns}"),
+        format!("--cluster-name={ns}"),
+        format!("--webhook-listen=127.0.0.1:{webhook_port}"),
+        format!("--webhook-url=https://127.0.0.1:{webhook_port}"),
+        format!("--webhook-config-name=portcullis-{ns}"),
+        format!("--metrics-listen=127.0.0.1:{metrics_port}"),
+    ]
+    .into();
+    let log = tb.dir.join(format!("operator-image-{ns}.log"));
+    crate::support::process::watch_log("portcullis (image)", &log);
+    let mut child = crate::support::process::spawn_bound(&mut in_rootfs(&args), &log).expect("start from the rootfs");
+    let readyz = format!("http://127.0.0.1:{metrics_port}/readyz");
+    eventually("/readyz of the operator run from the image", MINUTE, || async {
+        matches!(http_get(&readyz).await, Ok((200, _))).then_some(())
+    })
+    .await;
+    wait_for_webhook(&client, &ns).await;
+    child.kill().ok();
+    child.wait().ok();
+    eprintln!("ready from the image's rootfs after {:.1}s", started.elapsed().as_secs_f64());
+}
+
+/// The files (not directories) under `dir`, relative to it.
+fn walk(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let t = e.file_type().unwrap();
+            if t.is_dir() {
+                stack.push(e.path());
+            } else {
+                out.push(e.path().strip_prefix(dir).unwrap().display().to_string());
+            }
+        }
+    }
+    out.sort();
+    out
+}
