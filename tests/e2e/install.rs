@@ -338,17 +338,17 @@ async fn service_account_token(client: &kube::Client, ns: &str, name: &str) -> S
     use k8s_openapi::api::core::v1::ServiceAccount;
     let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
     let request = TokenRequest {
-        spec: TokenRequestSpec {
+        spec: Some(TokenRequestSpec {
             expiration_seconds: Some(3600),
             ..TokenRequestSpec::default()
-        },
+        }),
         ..TokenRequest::default()
     };
     let answer: TokenRequest = sas
-        .create_subresource("token", name, &PostParams::default(), serde_json::to_vec(&request).unwrap())
+        .create_subresource("token", name, &PostParams::default(), &request)
         .await
         .expect("a TokenRequest for the chart's ServiceAccount");
-    answer.status.expect("a token").token
+    answer.status.and_then(|s| s.token).expect("a token")
 }
 
 /// Runs the container of the installed Deployment as a process: its args and env as
@@ -358,7 +358,7 @@ async fn service_account_token(client: &kube::Client, ns: &str, name: &str) -> S
 /// ServiceAccount's token, as the kubelet would mount it). Returns it and its webhook URL.
 async fn run_deployment(tb: &Testbed, client: &kube::Client, ns: &str, name: &str, kubeconfig: &Path, pod: &str) -> (Operator, String) {
     let d: Deployment = Api::namespaced(client.clone(), ns).get(name).await.unwrap();
-    let c = d.spec.unwrap().template.spec.unwrap().containers.remove(0);
+    let c = d.spec.template.spec.unwrap().containers.remove(0);
     let (webhook_port, metrics_port) = (free_port(), free_port());
     let url = format!("https://127.0.0.1:{webhook_port}");
     let mut args: Vec<String> = c
@@ -395,21 +395,36 @@ async fn run_deployment(tb: &Testbed, client: &kube::Client, ns: &str, name: &st
     (op, url)
 }
 
-/// Points the chart's webhook configurations at `url` instead of the Service: the API
-/// server outside a cluster network cannot reach a Service (no kube-proxy), so the test
-/// stands in for that path. Nothing else of them changes; the caBundle stays the
-/// operator's business.
-async fn route_webhooks_to(client: &kube::Client, name: &str, url: &str) {
-    async fn reroute<K>(api: Api<K>, name: &str, url: &str)
+/// Points the chart's webhook configurations at `url` (`to: Some`) instead of the
+/// Service, or back at the Service (`to: None`). The API server outside a cluster network
+/// cannot reach a Service (no kube-proxy), so the test stands in for that path; it undoes
+/// this before Helm applies the configurations again (Helm's server-side apply would
+/// otherwise meet both a url and a service). Nothing else of them changes; the caBundle
+/// stays the operator's business.
+async fn route_webhooks(client: &kube::Client, name: &str, service: (&str, &str), to: Option<&str>) {
+    async fn reroute<K>(api: Api<K>, name: &str, service: (&str, &str), to: Option<&str>)
     where
         K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
     {
         let current = serde_json::to_value(api.get(name).await.unwrap()).unwrap();
         let mut ops = Vec::new();
         for (i, h) in current["webhooks"].as_array().unwrap().iter().enumerate() {
-            if let Some(path) = h["clientConfig"]["service"]["path"].as_str() {
-                ops.push(json!({"op": "remove", "path": format!("/webhooks/{i}/clientConfig/service")}));
-                ops.push(json!({"op": "add", "path": format!("/webhooks/{i}/clientConfig/url"), "value": format!("{url}{path}")}));
+            let path = match &h["clientConfig"]["service"]["path"] {
+                Value::String(p) => p.clone(),
+                _ => h["clientConfig"]["url"].as_str().unwrap().split_once("//").unwrap().1.split_once('/').map(|(_, p)| format!("/{p}")).unwrap(),
+            };
+            let at = |f: &str| format!("/webhooks/{i}/clientConfig/{f}");
+            match to {
+                Some(url) if h["clientConfig"]["service"].is_object() => {
+                    ops.push(json!({"op": "remove", "path": at("service")}));
+                    ops.push(json!({"op": "add", "path": at("url"), "value": format!("{url}{path}")}));
+                }
+                None if h["clientConfig"]["url"].is_string() => {
+                    ops.push(json!({"op": "remove", "path": at("url")}));
+                    ops.push(json!({"op": "add", "path": at("service"), "value": {
+                        "namespace": service.0, "name": service.1, "path": path, "port": 443}}));
+                }
+                _ => {}
             }
         }
         if !ops.is_empty() {
@@ -417,8 +432,8 @@ async fn route_webhooks_to(client: &kube::Client, name: &str, url: &str) {
             api.patch(name, &PatchParams::default(), &Patch::Json::<()>(patch)).await.unwrap();
         }
     }
-    reroute(Api::<MutatingWebhookConfiguration>::all(client.clone()), name, url).await;
-    reroute(Api::<ValidatingWebhookConfiguration>::all(client.clone()), name, url).await;
+    reroute(Api::<MutatingWebhookConfiguration>::all(client.clone()), name, service, to).await;
+    reroute(Api::<ValidatingWebhookConfiguration>::all(client.clone()), name, service, to).await;
 }
 
 /// `kubectl auth can-i … --as <the chart's ServiceAccount>`.
@@ -510,8 +525,9 @@ async fn helm_install_runs_as_its_service_account_upgrades_and_uninstalls() {
     let token = service_account_token(&client, ns, "portcullis").await;
     let sa_kubeconfig = tb.dir.join("kubeconfig-sa");
     token_kubeconfig(&tb, &token, &sa_kubeconfig);
+    let service = (ns, "portcullis-webhook");
     let (mut op, url) = run_deployment(&tb, &client, ns, release, &sa_kubeconfig, "portcullis-0").await;
-    route_webhooks_to(&client, release, &url).await;
+    route_webhooks(&client, release, service, Some(&url)).await;
     namespace_named(&client, "team-a").await;
     wait_for_webhook(&client, "team-a").await;
 
@@ -579,14 +595,20 @@ async fn helm_install_runs_as_its_service_account_upgrades_and_uninstalls() {
     let mut changed = values.clone();
     changed["replicaCount"] = json!(3);
     changed["extraArgs"] = json!(["--concurrency=8"]);
+    route_webhooks(&client, release, service, None).await;
     let upgraded = helm::release("upgrade", &kubeconfig, release, ns, changed).expect("helm upgrade");
-    assert_eq!(upgraded["version"], 2, "revision 2: {}", upgraded["info"]);
+    assert_eq!(upgraded["revision"], 2, "{upgraded}");
+    // The operator's caBundle survives the upgrade (Helm applies only the fields it owns).
+    let m: MutatingWebhookConfiguration = Api::all(client.clone()).get(release).await.unwrap();
+    let webhooks = m.webhooks.unwrap();
+    assert!(webhooks[0].client_config.ca_bundle.as_ref().is_some_and(|b| !b.0.is_empty()), "{webhooks:?}");
+    assert!(webhooks[0].client_config.service.is_some(), "the chart's Service again: {webhooks:?}");
     let d: Deployment = Api::namespaced(client.clone(), ns).get(release).await.unwrap();
-    assert_eq!(d.spec.as_ref().unwrap().replicas, Some(3));
-    assert!(d.spec.unwrap().template.spec.unwrap().containers[0].args.as_ref().unwrap().contains(&"--concurrency=8".to_string()));
+    assert_eq!(d.spec.replicas, Some(3));
+    assert!(d.spec.template.spec.unwrap().containers[0].args.as_ref().unwrap().contains(&"--concurrency=8".to_string()));
     op.terminate(Duration::from_secs(10)).expect("the old pod stops on SIGTERM");
     let (mut op, url) = run_deployment(&tb, &client, ns, release, &sa_kubeconfig, "portcullis-1").await;
-    route_webhooks_to(&client, release, &url).await;
+    route_webhooks(&client, release, service, Some(&url)).await;
     wait_for_webhook(&client, "team-a").await;
     aws_request_goes_active(&client, &ec2, "team-a", "aws-2", "ssh-aws-2").await;
     assert!(!op.log().to_lowercase().contains("forbidden"), "{}", op.log());
@@ -738,4 +760,86 @@ fn walk(dir: &Path) -> Vec<String> {
     }
     out.sort();
     out
+}
+
+/// IRSA as aws-config sees it in a pod that EKS's identity webhook set up: `AWS_ROLE_ARN`
+/// (the chart's ServiceAccount annotation) and `AWS_WEB_IDENTITY_TOKEN_FILE` holding a
+/// projected ServiceAccount token (here from the TokenRequest API, audience
+/// `sts.amazonaws.com`), and no static keys: the SDK exchanges the token through STS
+/// `AssumeRoleWithWebIdentity` (moto's) and signs its EC2 calls with what it got.
+#[tokio::test]
+async fn irsa_credentials_come_from_a_service_account_token_through_sts() {
+    use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    let tb = Testbed::shared();
+    tb.install_crds().expect("CRDs install");
+    let client = tb.client(ADMIN).await;
+    let ns = crate::support::kube_helpers::namespace(&client, "irsa").await;
+    for k in ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"] {
+        assert!(std::env::var_os(k).is_none(), "{k} is set in the test's environment; the operator would inherit it");
+    }
+    let role = "arn:aws:iam::123456789012:role/portcullis-irsa";
+    let objs = helm::render(
+        json!({"serviceAccount": {"annotations": {"eks.amazonaws.com/role-arn": role}}}),
+        "portcullis",
+        &ns,
+    )
+    .unwrap();
+    let sa: ServiceAccount = serde_json::from_value(helm::find(&objs, "ServiceAccount", "portcullis").unwrap().clone()).unwrap();
+    let role_arn = sa.metadata.annotations.as_ref().unwrap()["eks.amazonaws.com/role-arn"].clone();
+    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), &ns);
+    sas.create(&PostParams::default(), &sa).await.unwrap();
+    let request = TokenRequest {
+        spec: Some(TokenRequestSpec {
+            audiences: Some(vec!["sts.amazonaws.com".into()]),
+            expiration_seconds: Some(3600),
+            ..TokenRequestSpec::default()
+        }),
+        ..TokenRequest::default()
+    };
+    let token: TokenRequest = sas
+        .create_subresource("token", "portcullis", &PostParams::default(), &request)
+        .await
+        .unwrap();
+    let token_file = tb.dir.join(format!("irsa-token-{ns}"));
+    std::fs::write(&token_file, token.status.and_then(|s| s.token).unwrap()).unwrap();
+
+    let proxy = crate::support::ec2_proxy::Ec2Proxy::start(&tb.moto_url).await;
+    let (webhook_port, metrics_port) = (free_port(), free_port());
+    let args: Vec<String> = vec![
+        "run".into(),
+        format!("--kubeconfig={}", tb.kubeconfig(ADMIN).display()),
+        format!("--namespace={ns}"),
+        format!("--operator-namespace={ns}"),
+        format!("--cluster-name={ns}"),
+        "--resync=2s".into(),
+        format!("--webhook-listen=127.0.0.1:{webhook_port}"),
+        format!("--webhook-url=https://127.0.0.1:{webhook_port}"),
+        format!("--webhook-config-name=portcullis-{ns}"),
+        format!("--metrics-listen=127.0.0.1:{metrics_port}"),
+        "--no-leader-election".into(),
+    ];
+    let nowhere = tb.dir.join("no-such-aws-file").display().to_string();
+    let envs: Vec<(String, String)> = [
+        ("AWS_ENDPOINT_URL", proxy.url.as_str()),
+        ("AWS_REGION", aws::REGION),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+        ("AWS_SHARED_CREDENTIALS_FILE", nowhere.as_str()),
+        ("AWS_CONFIG_FILE", nowhere.as_str()),
+        ("AWS_ROLE_ARN", role_arn.as_str()),
+        ("AWS_WEB_IDENTITY_TOKEN_FILE", &token_file.display().to_string()),
+        ("AWS_ROLE_SESSION_NAME", "portcullis"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let op = Operator::start_exact(tb, &ns, binary(), args, envs, format!("http://127.0.0.1:{metrics_port}"));
+    wait_for_webhook(&client, &ns).await;
+    let ec2 = aws::client(&tb.moto_url);
+    aws_request_goes_active(&client, &ec2, &ns, "jit", "ssh").await;
+    let calls = proxy.calls();
+    let exchanged = calls.iter().position(|a| a == "AssumeRoleWithWebIdentity");
+    let first_ec2 = calls.iter().position(|a| a.starts_with("Describe"));
+    assert!(exchanged.is_some(), "the token was exchanged through STS: {calls:?}\n{}", op.log());
+    assert!(exchanged < first_ec2, "before the first EC2 call: {calls:?}");
 }
