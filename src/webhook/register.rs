@@ -202,10 +202,15 @@ pub enum CaPatch {
 /// Sets the `caBundle` of every webhook in the configurations named `name` to `ca_pem`,
 /// writing only to those whose bundle differs. Configurations that do not exist are left
 /// alone (their owner, e.g. `helm uninstall`, removed them on purpose).
-pub async fn patch_ca(client: &kube::Client, name: &str, ca_pem: &str) -> Result<CaPatch, kube::Error> {
+pub async fn patch_ca(
+    client: &kube::Client,
+    name: &str,
+    ca_pem: &str,
+) -> Result<CaPatch, kube::Error> {
     let m: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
     let v: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
-    let (Some(mutating), Some(validating)) = (m.get_opt(name).await?, v.get_opt(name).await?) else {
+    let (Some(mutating), Some(validating)) = (m.get_opt(name).await?, v.get_opt(name).await?)
+    else {
         return Ok(CaPatch::Missing);
     };
     let stale = |names: Vec<(String, Option<&ByteString>)>| -> Vec<String> {
@@ -244,10 +249,12 @@ pub async fn patch_ca(client: &kube::Client, name: &str, ca_pem: &str) -> Result
     };
     let pp = PatchParams::default();
     if !m_stale.is_empty() {
-        m.patch(name, &pp, &Patch::Strategic(patch(&m_stale))).await?;
+        m.patch(name, &pp, &Patch::Strategic(patch(&m_stale)))
+            .await?;
     }
     if !v_stale.is_empty() {
-        v.patch(name, &pp, &Patch::Strategic(patch(&v_stale))).await?;
+        v.patch(name, &pp, &Patch::Strategic(patch(&v_stale)))
+            .await?;
     }
     Ok(match m_stale.len() + v_stale.len() {
         0 => CaPatch::Current,

@@ -65,7 +65,13 @@ fn every_feature() -> Value {
 fn kinds(objects: &[Value]) -> Vec<String> {
     let mut v: Vec<String> = objects
         .iter()
-        .map(|o| format!("{}/{}", o["kind"].as_str().unwrap(), o["metadata"]["name"].as_str().unwrap()))
+        .map(|o| {
+            format!(
+                "{}/{}",
+                o["kind"].as_str().unwrap(),
+                o["metadata"]["name"].as_str().unwrap()
+            )
+        })
         .collect();
     v.sort();
     v
@@ -90,7 +96,12 @@ fn rules(role: &Value) -> Vec<(String, String, String, String)> {
     for r in role["rules"].as_array().unwrap() {
         let names = r["resourceNames"]
             .as_array()
-            .map(|n| n.iter().map(|x| x.as_str().unwrap()).collect::<Vec<_>>().join(","))
+            .map(|n| {
+                n.iter()
+                    .map(|x| x.as_str().unwrap())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
             .unwrap_or_default();
         for g in r["apiGroups"].as_array().unwrap() {
             for res in r["resources"].as_array().unwrap() {
@@ -122,7 +133,10 @@ fn webhooks_of_the_operator(namespace: &str, watch: Option<&str>, timeout: i32) 
     });
     let strip = |mut hooks: Value| {
         for h in hooks.as_array_mut().unwrap() {
-            h["clientConfig"].as_object_mut().unwrap().remove("caBundle");
+            h["clientConfig"]
+                .as_object_mut()
+                .unwrap()
+                .remove("caBundle");
             h["timeoutSeconds"] = json!(timeout);
         }
         hooks
@@ -154,7 +168,8 @@ fn chart_crds_are_the_generated_ones_and_its_app_version_is_the_crate_version() 
         );
     }
     let chart_yaml: Value =
-        serde_saphyr::from_str(&std::fs::read_to_string(helm::chart().join("Chart.yaml")).unwrap()).unwrap();
+        serde_saphyr::from_str(&std::fs::read_to_string(helm::chart().join("Chart.yaml")).unwrap())
+            .unwrap();
     assert_eq!(chart_yaml["apiVersion"], "v2");
     assert_eq!(chart_yaml["appVersion"], env!("CARGO_PKG_VERSION"));
 }
@@ -197,8 +212,14 @@ fn chart_lints_strict_and_renders_with_defaults_and_with_every_feature() {
     assert_eq!(d["spec"]["replicas"], 2);
     let pod = &d["spec"]["template"]["spec"];
     assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
-    assert_eq!(pod["securityContext"]["seccompProfile"]["type"], "RuntimeDefault");
-    assert_eq!(pod["topologySpreadConstraints"][0]["topologyKey"], "kubernetes.io/hostname");
+    assert_eq!(
+        pod["securityContext"]["seccompProfile"]["type"],
+        "RuntimeDefault"
+    );
+    assert_eq!(
+        pod["topologySpreadConstraints"][0]["topologyKey"],
+        "kubernetes.io/hostname"
+    );
     let c = container(&objs, "portcullis");
     assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
     assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
@@ -207,16 +228,38 @@ fn chart_lints_strict_and_renders_with_defaults_and_with_every_feature() {
     assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
     assert!(c["resources"]["limits"]["memory"].is_string());
     let a = args(&c);
-    assert!(a.contains(&"--webhook-registration=patch-ca".into()), "{a:?}");
-    assert!(!a.iter().any(|x| x.starts_with("--namespace")), "all namespaces: {a:?}");
-    let env: Vec<&str> = c["env"].as_array().unwrap().iter().map(|e| e["name"].as_str().unwrap()).collect();
+    assert!(
+        a.contains(&"--webhook-registration=patch-ca".into()),
+        "{a:?}"
+    );
+    assert!(
+        !a.iter().any(|x| x.starts_with("--namespace")),
+        "all namespaces: {a:?}"
+    );
+    let env: Vec<&str> = c["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
     assert_eq!(env, ["POD_NAME", "POD_NAMESPACE"]);
     // The chart's webhooks are the operator's own.
     let (m, v) = webhooks_of_the_operator("portcullis-system", None, 10);
-    assert_eq!(helm::find(&objs, "MutatingWebhookConfiguration", "portcullis").unwrap()["webhooks"], m);
-    assert_eq!(helm::find(&objs, "ValidatingWebhookConfiguration", "portcullis").unwrap()["webhooks"], v);
+    assert_eq!(
+        helm::find(&objs, "MutatingWebhookConfiguration", "portcullis").unwrap()["webhooks"],
+        m
+    );
+    assert_eq!(
+        helm::find(&objs, "ValidatingWebhookConfiguration", "portcullis").unwrap()["webhooks"],
+        v
+    );
     let cluster = rules(helm::find(&objs, "ClusterRole", "portcullis-operator").unwrap());
-    assert!(cluster.contains(&("".into(), "namespaces".into(), "get".into(), "kube-system".into())));
+    assert!(cluster.contains(&(
+        "".into(),
+        "namespaces".into(),
+        "get".into(),
+        "kube-system".into()
+    )));
 
     // Every feature on.
     let objs = helm::render(every_feature(), "jit", "ops").unwrap();
@@ -232,12 +275,18 @@ fn chart_lints_strict_and_renders_with_defaults_and_with_every_feature() {
         "ServiceMonitor/jit-portcullis",
         "ServiceAccount/jit-operator",
     ] {
-        assert!(names.contains(&expected.to_string()), "{expected} in {names:?}");
+        assert!(
+            names.contains(&expected.to_string()),
+            "{expected} in {names:?}"
+        );
     }
     let d = helm::find(&objs, "Deployment", "jit-portcullis").unwrap();
     let pod = &d["spec"]["template"];
     assert_eq!(d["spec"]["replicas"], 3);
-    assert_eq!(pod["metadata"]["labels"]["azure.workload.identity/use"], "true");
+    assert_eq!(
+        pod["metadata"]["labels"]["azure.workload.identity/use"],
+        "true"
+    );
     assert_eq!(pod["metadata"]["labels"]["team"], "platform");
     assert_eq!(pod["metadata"]["annotations"]["example.com/scrape"], "true");
     assert_eq!(pod["spec"]["priorityClassName"], "system-cluster-critical");
@@ -245,7 +294,10 @@ fn chart_lints_strict_and_renders_with_defaults_and_with_every_feature() {
     assert_eq!(pod["spec"]["nodeSelector"]["kubernetes.io/os"], "linux");
     assert_eq!(pod["spec"]["tolerations"][0]["key"], "dedicated");
     assert!(pod["spec"]["affinity"]["nodeAffinity"].is_object());
-    assert_eq!(pod["spec"]["topologySpreadConstraints"][0]["topologyKey"], "topology.kubernetes.io/zone");
+    assert_eq!(
+        pod["spec"]["topologySpreadConstraints"][0]["topologyKey"],
+        "topology.kubernetes.io/zone"
+    );
     assert_eq!(pod["spec"]["serviceAccountName"], "jit-operator");
     let c = container(&objs, "jit-portcullis");
     assert_eq!(c["image"], "registry.example/portcullis:0.1.0-test");
@@ -269,30 +321,52 @@ fn chart_lints_strict_and_renders_with_defaults_and_with_every_feature() {
     }
     assert_eq!(c["env"][2]["name"], "AWS_REGION");
     let sa = helm::find(&objs, "ServiceAccount", "jit-operator").unwrap();
-    assert_eq!(sa["metadata"]["annotations"]["eks.amazonaws.com/role-arn"], "arn:aws:iam::123456789012:role/portcullis");
-    assert_eq!(sa["metadata"]["annotations"]["azure.workload.identity/client-id"], "00000000-0000-0000-0000-000000000001");
+    assert_eq!(
+        sa["metadata"]["annotations"]["eks.amazonaws.com/role-arn"],
+        "arn:aws:iam::123456789012:role/portcullis"
+    );
+    assert_eq!(
+        sa["metadata"]["annotations"]["azure.workload.identity/client-id"],
+        "00000000-0000-0000-0000-000000000001"
+    );
     let sm = helm::find(&objs, "ServiceMonitor", "jit-portcullis").unwrap();
     assert_eq!(sm["metadata"]["labels"]["release"], "prom");
     // cert-manager's CA injector keeps the caBundle: the operator gets no rights on the
     // webhook configurations, and its certificate comes from the mounted Secret.
     let mutating = helm::find(&objs, "MutatingWebhookConfiguration", "jit-portcullis").unwrap();
-    assert_eq!(mutating["metadata"]["annotations"]["cert-manager.io/inject-ca-from"], "ops/jit-portcullis-webhook");
+    assert_eq!(
+        mutating["metadata"]["annotations"]["cert-manager.io/inject-ca-from"],
+        "ops/jit-portcullis-webhook"
+    );
     let cluster = rules(helm::find(&objs, "ClusterRole", "jit-portcullis-operator").unwrap());
     assert_eq!(
         cluster,
-        [("authorization.k8s.io".to_string(), "subjectaccessreviews".to_string(), "create".to_string(), String::new())],
+        [(
+            "authorization.k8s.io".to_string(),
+            "subjectaccessreviews".to_string(),
+            "create".to_string(),
+            String::new()
+        )],
         "a namespace-scoped install with a cluster name and cert-manager needs only SubjectAccessReviews cluster-wide"
     );
     let watched = helm::find(&objs, "Role", "jit-portcullis-operator-watched").unwrap();
     assert_eq!(watched["metadata"]["namespace"], "team-a");
-    assert!(rules(watched).contains(&("jit.portcullis.dev".into(), "accessrequests".into(), "delete".into(), String::new())));
+    assert!(rules(watched).contains(&(
+        "jit.portcullis.dev".into(),
+        "accessrequests".into(),
+        "delete".into(),
+        String::new()
+    )));
     // Admission covers only the watched namespace, as the operator's own registration.
     let (m, _) = webhooks_of_the_operator("ops", Some("team-a"), 5);
     let mut chart_hooks = mutating["webhooks"].clone();
     chart_hooks[0]["clientConfig"]["service"]["name"] = json!("portcullis-webhook");
     assert_eq!(chart_hooks, m);
     let cert = helm::find(&objs, "Certificate", "jit-portcullis-webhook").unwrap();
-    assert_eq!(cert["spec"]["dnsNames"][2], "jit-portcullis-webhook.ops.svc");
+    assert_eq!(
+        cert["spec"]["dnsNames"][2],
+        "jit-portcullis-webhook.ops.svc"
+    );
 }
 
 #[test]
@@ -304,14 +378,21 @@ fn the_schema_rejects_wrong_values() {
         (json!({"logFormat": "xml"}), "/logFormat"),
         (json!({"replicaCuont": 2}), "replicaCuont"),
         (json!({"resync": "1 minute"}), "/resync"),
-        (json!({"image": {"pullPolicy": "Sometimes"}}), "/image/pullPolicy"),
-        (json!({"webhook": {"certManager": {"enabled": "yes"}}}), "/webhook/certManager/enabled"),
+        (
+            json!({"image": {"pullPolicy": "Sometimes"}}),
+            "/image/pullPolicy",
+        ),
+        (
+            json!({"webhook": {"certManager": {"enabled": "yes"}}}),
+            "/webhook/certManager/enabled",
+        ),
         (json!({"serviceAccount": {"anotations": {}}}), "anotations"),
     ] {
         let err = helm::validate(values.clone()).expect_err(&format!("{values} must be rejected"));
         assert!(err.contains(says), "{values}: {err}");
         // Rendering (what install does) refuses them too.
-        let err = helm::render(values.clone(), "p", "x").expect_err(&format!("{values} must not render"));
+        let err =
+            helm::render(values.clone(), "p", "x").expect_err(&format!("{values} must not render"));
         assert!(err.contains(says), "{values}: {err}");
     }
 }
@@ -356,7 +437,14 @@ async fn service_account_token(client: &kube::Client, ns: &str, name: &str) -> S
 /// ports of its own, as a pod has its own network), `--webhook-url` (the API server
 /// reaches it there instead of through the Service) and `--kubeconfig` (the
 /// ServiceAccount's token, as the kubelet would mount it). Returns it and its webhook URL.
-async fn run_deployment(tb: &Testbed, client: &kube::Client, ns: &str, name: &str, kubeconfig: &Path, pod: &str) -> (Operator, String) {
+async fn run_deployment(
+    tb: &Testbed,
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    kubeconfig: &Path,
+    pod: &str,
+) -> (Operator, String) {
     let d: Deployment = Api::namespaced(client.clone(), ns).get(name).await.unwrap();
     let c = d.spec.template.spec.unwrap().containers.remove(0);
     let (webhook_port, metrics_port) = (free_port(), free_port());
@@ -391,7 +479,14 @@ async fn run_deployment(tb: &Testbed, client: &kube::Client, ns: &str, name: &st
             (e.name, value)
         })
         .collect();
-    let op = Operator::start_exact(tb, pod, binary(), args, envs, format!("http://127.0.0.1:{metrics_port}"));
+    let op = Operator::start_exact(
+        tb,
+        pod,
+        binary(),
+        args,
+        envs,
+        format!("http://127.0.0.1:{metrics_port}"),
+    );
     (op, url)
 }
 
@@ -401,23 +496,42 @@ async fn run_deployment(tb: &Testbed, client: &kube::Client, ns: &str, name: &st
 /// this before Helm applies the configurations again (Helm's server-side apply would
 /// otherwise meet both a url and a service). Nothing else of them changes; the caBundle
 /// stays the operator's business.
-async fn route_webhooks(client: &kube::Client, name: &str, service: (&str, &str), to: Option<&str>) {
+async fn route_webhooks(
+    client: &kube::Client,
+    name: &str,
+    service: (&str, &str),
+    to: Option<&str>,
+) {
     async fn reroute<K>(api: Api<K>, name: &str, service: (&str, &str), to: Option<&str>)
     where
-        K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+        K: kube::Resource
+            + Clone
+            + serde::de::DeserializeOwned
+            + serde::Serialize
+            + std::fmt::Debug,
     {
         let current = serde_json::to_value(api.get(name).await.unwrap()).unwrap();
         let mut ops = Vec::new();
         for (i, h) in current["webhooks"].as_array().unwrap().iter().enumerate() {
             let path = match &h["clientConfig"]["service"]["path"] {
                 Value::String(p) => p.clone(),
-                _ => h["clientConfig"]["url"].as_str().unwrap().split_once("//").unwrap().1.split_once('/').map(|(_, p)| format!("/{p}")).unwrap(),
+                _ => h["clientConfig"]["url"]
+                    .as_str()
+                    .unwrap()
+                    .split_once("//")
+                    .unwrap()
+                    .1
+                    .split_once('/')
+                    .map(|(_, p)| format!("/{p}"))
+                    .unwrap(),
             };
             let at = |f: &str| format!("/webhooks/{i}/clientConfig/{f}");
             match to {
                 Some(url) if h["clientConfig"]["service"].is_object() => {
                     ops.push(json!({"op": "remove", "path": at("service")}));
-                    ops.push(json!({"op": "add", "path": at("url"), "value": format!("{url}{path}")}));
+                    ops.push(
+                        json!({"op": "add", "path": at("url"), "value": format!("{url}{path}")}),
+                    );
                 }
                 None if h["clientConfig"]["url"].is_string() => {
                     ops.push(json!({"op": "remove", "path": at("url")}));
@@ -429,11 +543,25 @@ async fn route_webhooks(client: &kube::Client, name: &str, service: (&str, &str)
         }
         if !ops.is_empty() {
             let patch: json_patch::Patch = serde_json::from_value(Value::Array(ops)).unwrap();
-            api.patch(name, &PatchParams::default(), &Patch::Json::<()>(patch)).await.unwrap();
+            api.patch(name, &PatchParams::default(), &Patch::Json::<()>(patch))
+                .await
+                .unwrap();
         }
     }
-    reroute(Api::<MutatingWebhookConfiguration>::all(client.clone()), name, service, to).await;
-    reroute(Api::<ValidatingWebhookConfiguration>::all(client.clone()), name, service, to).await;
+    reroute(
+        Api::<MutatingWebhookConfiguration>::all(client.clone()),
+        name,
+        service,
+        to,
+    )
+    .await;
+    reroute(
+        Api::<ValidatingWebhookConfiguration>::all(client.clone()),
+        name,
+        service,
+        to,
+    )
+    .await;
 }
 
 /// `kubectl auth can-i … --as <the chart's ServiceAccount>`.
@@ -449,11 +577,20 @@ fn can_i(tb: &Testbed, sa: &str, what: &[&str]) -> bool {
     match answer.as_str() {
         "yes" => true,
         "no" => false,
-        other => panic!("kubectl auth can-i {what:?}: {other:?} {}", String::from_utf8_lossy(&out.stderr)),
+        other => panic!(
+            "kubectl auth can-i {what:?}: {other:?} {}",
+            String::from_utf8_lossy(&out.stderr)
+        ),
     }
 }
 
-async fn aws_request_goes_active(client: &kube::Client, ec2: &aws_sdk_ec2::Client, ns: &str, policy: &str, request: &str) {
+async fn aws_request_goes_active(
+    client: &kube::Client,
+    ec2: &aws_sdk_ec2::Client,
+    ns: &str,
+    policy: &str,
+    request: &str,
+) {
     let vm = aws::instance(ec2).await;
     let policies: Api<JitPolicy> = Api::namespaced(client.clone(), ns);
     let p: JitPolicy = serde_saphyr::from_str(&format!(
@@ -465,7 +602,13 @@ async fn aws_request_goes_active(client: &kube::Client, ec2: &aws_sdk_ec2::Clien
     request_goes_active(client, ns, policy, "web", request).await;
 }
 
-async fn request_goes_active(client: &kube::Client, ns: &str, policy: &str, target: &str, request: &str) {
+async fn request_goes_active(
+    client: &kube::Client,
+    ns: &str,
+    policy: &str,
+    target: &str,
+    request: &str,
+) {
     let requests: Api<AccessRequest> = Api::namespaced(client.clone(), ns);
     let r: AccessRequest = serde_saphyr::from_str(&format!(
         "apiVersion: jit.portcullis.dev/v1alpha1\nkind: AccessRequest\nmetadata: {{name: {request}}}\nspec:\n  policyRef: {{name: {policy}}}\n  target: {target}\n  ports:\n    - {{port: 22, sourcePrefix: 203.0.113.7/32, duration: 10m}}\n  justification: installed with Helm\n"
@@ -477,7 +620,11 @@ async fn request_goes_active(client: &kube::Client, ns: &str, policy: &str, targ
         (r.status.as_ref()?.phase == Some(Phase::Active)).then_some(r)
     })
     .await;
-    assert_eq!(r.status.unwrap().requester.unwrap().username, "admin", "stamped by the chart's webhook");
+    assert_eq!(
+        r.status.unwrap().requester.unwrap().username,
+        "admin",
+        "stamped by the chart's webhook"
+    );
 }
 
 #[tokio::test]
@@ -511,22 +658,38 @@ async fn helm_install_runs_as_its_service_account_upgrades_and_uninstalls() {
     let kubeconfig = tb.kubeconfig(ADMIN);
 
     // helm install creates every object of the release (and the CRDs from crds/).
-    let installed = helm::release("install", &kubeconfig, release, ns, values.clone()).expect("helm install");
+    let installed =
+        helm::release("install", &kubeconfig, release, ns, values.clone()).expect("helm install");
     let manifest = tb.dir.join("release.yaml");
     std::fs::write(&manifest, installed["manifest"].as_str().unwrap()).unwrap();
     let rendered = helm::objects(installed["manifest"].as_str().unwrap());
-    let found = run(tb.kubectl(ADMIN).args(["get", "-o", "name", "-f"]).arg(&manifest)).expect("every object exists");
+    let found = run(tb
+        .kubectl(ADMIN)
+        .args(["get", "-o", "name", "-f"])
+        .arg(&manifest))
+    .expect("every object exists");
     assert_eq!(found.lines().count(), rendered.len(), "{found}");
     assert_eq!(rendered.len(), 13, "{:?}", kinds(&rendered));
-    run(tb.kubectl(ADMIN).args(["wait", "--for=condition=Established", "--timeout=60s", "crd/jitpolicies.jit.portcullis.dev", "crd/accessrequests.jit.portcullis.dev"])).expect("CRDs from the chart");
-    eprintln!("helm install done after {:.1}s", started.elapsed().as_secs_f64());
+    run(tb.kubectl(ADMIN).args([
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/jitpolicies.jit.portcullis.dev",
+        "crd/accessrequests.jit.portcullis.dev",
+    ]))
+    .expect("CRDs from the chart");
+    eprintln!(
+        "helm install done after {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
 
     // The operator as the chart's ServiceAccount.
     let token = service_account_token(&client, ns, "portcullis").await;
     let sa_kubeconfig = tb.dir.join("kubeconfig-sa");
     token_kubeconfig(&tb, &token, &sa_kubeconfig);
     let service = (ns, "portcullis-webhook");
-    let (mut op, url) = run_deployment(&tb, &client, ns, release, &sa_kubeconfig, "portcullis-0").await;
+    let (mut op, url) =
+        run_deployment(&tb, &client, ns, release, &sa_kubeconfig, "portcullis-0").await;
     route_webhooks(&client, release, service, Some(&url)).await;
     namespace_named(&client, "team-a").await;
     wait_for_webhook(&client, "team-a").await;
@@ -543,9 +706,18 @@ async fn helm_install_runs_as_its_service_account_upgrades_and_uninstalls() {
     policies.create(&PostParams::default(), &p).await.unwrap();
     request_goes_active(&client, "team-a", "azure", "vm1", "ssh-azure").await;
     let log = op.log();
-    assert!(!log.to_lowercase().contains("forbidden"), "the chart's RBAC must be sufficient:\n{log}");
-    assert!(log.contains("patched the webhook caBundle"), "the operator keeps the chart's caBundle:\n{log}");
-    eprintln!("AWS and Azure requests Active as the ServiceAccount after {:.1}s", started.elapsed().as_secs_f64());
+    assert!(
+        !log.to_lowercase().contains("forbidden"),
+        "the chart's RBAC must be sufficient:\n{log}"
+    );
+    assert!(
+        log.contains("patched the webhook caBundle"),
+        "the operator keeps the chart's caBundle:\n{log}"
+    );
+    eprintln!(
+        "AWS and Azure requests Active as the ServiceAccount after {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
 
     // Not excessive.
     let yes: &[&[&str]] = &[
@@ -555,8 +727,18 @@ async fn helm_install_runs_as_its_service_account_upgrades_and_uninstalls() {
         &["create", "subjectaccessreviews.authorization.k8s.io"],
         &["patch", "mutatingwebhookconfigurations/portcullis"],
         &["patch", "validatingwebhookconfigurations/portcullis"],
-        &["list", "accessrequests.jit.portcullis.dev", "--all-namespaces"],
-        &["patch", "jitpolicies.jit.portcullis.dev", "--subresource=status", "-n", "team-a"],
+        &[
+            "list",
+            "accessrequests.jit.portcullis.dev",
+            "--all-namespaces",
+        ],
+        &[
+            "patch",
+            "jitpolicies.jit.portcullis.dev",
+            "--subresource=status",
+            "-n",
+            "team-a",
+        ],
         &["get", "namespaces/kube-system"],
     ];
     let no: &[&[&str]] = &[
@@ -577,7 +759,12 @@ async fn helm_install_runs_as_its_service_account_upgrades_and_uninstalls() {
         &["delete", "jitpolicies.jit.portcullis.dev", "-n", "team-a"],
         &["create", "jitpolicies.jit.portcullis.dev", "-n", "team-a"],
         &["request", "jitpolicies.jit.portcullis.dev", "-n", "team-a"],
-        &["update", "accessrequests.jit.portcullis.dev", "-n", "team-a"],
+        &[
+            "update",
+            "accessrequests.jit.portcullis.dev",
+            "-n",
+            "team-a",
+        ],
         &["get", "namespaces/default"],
         &["list", "namespaces"],
         &["create", "clusterrolebindings"],
@@ -587,7 +774,10 @@ async fn helm_install_runs_as_its_service_account_upgrades_and_uninstalls() {
         assert!(can_i(&tb, &sa, what), "the operator needs {what:?}");
     }
     for what in no {
-        assert!(!can_i(&tb, &sa, what), "the operator must not have {what:?}");
+        assert!(
+            !can_i(&tb, &sa, what),
+            "the operator must not have {what:?}"
+        );
     }
 
     // helm upgrade with changed values; the new pod (a process from the new Deployment)
@@ -596,22 +786,48 @@ async fn helm_install_runs_as_its_service_account_upgrades_and_uninstalls() {
     changed["replicaCount"] = json!(3);
     changed["extraArgs"] = json!(["--concurrency=8"]);
     route_webhooks(&client, release, service, None).await;
-    let upgraded = helm::release("upgrade", &kubeconfig, release, ns, changed).expect("helm upgrade");
+    let upgraded =
+        helm::release("upgrade", &kubeconfig, release, ns, changed).expect("helm upgrade");
     assert_eq!(upgraded["revision"], 2, "{upgraded}");
     // The operator's caBundle survives the upgrade (Helm applies only the fields it owns).
     let m: MutatingWebhookConfiguration = Api::all(client.clone()).get(release).await.unwrap();
     let webhooks = m.webhooks.unwrap();
-    assert!(webhooks[0].client_config.ca_bundle.as_ref().is_some_and(|b| !b.0.is_empty()), "{webhooks:?}");
-    assert!(webhooks[0].client_config.service.is_some(), "the chart's Service again: {webhooks:?}");
-    let d: Deployment = Api::namespaced(client.clone(), ns).get(release).await.unwrap();
+    assert!(
+        webhooks[0]
+            .client_config
+            .ca_bundle
+            .as_ref()
+            .is_some_and(|b| !b.0.is_empty()),
+        "{webhooks:?}"
+    );
+    assert!(
+        webhooks[0].client_config.service.is_some(),
+        "the chart's Service again: {webhooks:?}"
+    );
+    let d: Deployment = Api::namespaced(client.clone(), ns)
+        .get(release)
+        .await
+        .unwrap();
     assert_eq!(d.spec.replicas, Some(3));
-    assert!(d.spec.template.spec.unwrap().containers[0].args.as_ref().unwrap().contains(&"--concurrency=8".to_string()));
-    op.terminate(Duration::from_secs(10)).expect("the old pod stops on SIGTERM");
-    let (mut op, url) = run_deployment(&tb, &client, ns, release, &sa_kubeconfig, "portcullis-1").await;
+    assert!(
+        d.spec.template.spec.unwrap().containers[0]
+            .args
+            .as_ref()
+            .unwrap()
+            .contains(&"--concurrency=8".to_string())
+    );
+    op.terminate(Duration::from_secs(10))
+        .expect("the old pod stops on SIGTERM");
+    let (mut op, url) =
+        run_deployment(&tb, &client, ns, release, &sa_kubeconfig, "portcullis-1").await;
     route_webhooks(&client, release, service, Some(&url)).await;
     wait_for_webhook(&client, "team-a").await;
     aws_request_goes_active(&client, &ec2, "team-a", "aws-2", "ssh-aws-2").await;
-    assert!(!op.log().to_lowercase().contains("forbidden"), "{}", op.log());
+    assert!(
+        !op.log().to_lowercase().contains("forbidden"),
+        "{}",
+        op.log()
+    );
 
     // Uninstall as the README says: end the grants first, while the operator runs.
     let requests: Api<AccessRequest> = Api::namespaced(client.clone(), "team-a");
@@ -622,22 +838,41 @@ async fn helm_install_runs_as_its_service_account_upgrades_and_uninstalls() {
         delete_and_wait_gone(&policies, p).await;
     }
     assert!(
-        !arm.rules(&vm.nic_nsg_id).iter().any(|r| r["name"].as_str().unwrap_or_default().starts_with("jit")),
+        !arm.rules(&vm.nic_nsg_id)
+            .iter()
+            .any(|r| r["name"].as_str().unwrap_or_default().starts_with("jit")),
         "the operator removed its NSG rules: {:?}",
         arm.rules(&vm.nic_nsg_id)
     );
-    let uninstalled = helm::release("uninstall", &kubeconfig, release, ns, json!({})).expect("helm uninstall");
+    let uninstalled =
+        helm::release("uninstall", &kubeconfig, release, ns, json!({})).expect("helm uninstall");
     assert!(uninstalled.is_object());
-    op.terminate(Duration::from_secs(10)).expect("the pod stops");
-    let left = tb.kubectl(ADMIN).args(["get", "-o", "name", "--ignore-not-found", "-f"]).arg(&manifest).output().unwrap();
-    assert_eq!(String::from_utf8_lossy(&left.stdout).trim(), "", "uninstall removes every object of the release");
+    op.terminate(Duration::from_secs(10))
+        .expect("the pod stops");
+    let left = tb
+        .kubectl(ADMIN)
+        .args(["get", "-o", "name", "--ignore-not-found", "-f"])
+        .arg(&manifest)
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&left.stdout).trim(),
+        "",
+        "uninstall removes every object of the release"
+    );
     // No webhook is left to refuse people: objects of the kept CRDs can be made.
     let p: JitPolicy = serde_saphyr::from_str(
         "apiVersion: jit.portcullis.dev/v1alpha1\nkind: JitPolicy\nmetadata: {name: after}\nspec:\n  targets:\n    - name: web\n      aws: {region: eu-west-1, instanceId: i-0123456789abcdef0}\n  ports:\n    - {port: 22, protocol: TCP, allowedSourcePrefixes: [\"203.0.113.0/24\"], maxDuration: 1h}\n",
     )
     .unwrap();
-    policies.create(&PostParams::default(), &p).await.expect("no webhook configuration outlives the install");
-    eprintln!("install, upgrade and uninstall done in {:.1}s", started.elapsed().as_secs_f64());
+    policies
+        .create(&PostParams::default(), &p)
+        .await
+        .expect("no webhook configuration outlives the install");
+    eprintln!(
+        "install, upgrade and uninstall done in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
 }
 
 /// Builds the image with `scripts/image` from the binary under test and unpacks it
@@ -663,8 +898,14 @@ fn build_and_unpack_image(out: &Path) -> (PathBuf, Value) {
     // The archive is a valid OCI layout: unpack from a copy extracted from it.
     let from_archive = out.join("from-archive");
     std::fs::create_dir_all(&from_archive).unwrap();
-    run(Command::new("tar").arg("-xf").arg(archive).arg("-C").arg(&from_archive)).unwrap();
-    let index: Value = serde_json::from_slice(&std::fs::read(from_archive.join("oci-layout")).unwrap()).unwrap();
+    run(Command::new("tar")
+        .arg("-xf")
+        .arg(archive)
+        .arg("-C")
+        .arg(&from_archive))
+    .unwrap();
+    let index: Value =
+        serde_json::from_slice(&std::fs::read(from_archive.join("oci-layout")).unwrap()).unwrap();
     assert_eq!(index["imageLayoutVersion"], "1.0.0");
     let tag = layout.rsplit(':').next().unwrap();
     let bundle = out.join("bundle");
@@ -673,7 +914,8 @@ fn build_and_unpack_image(out: &Path) -> (PathBuf, Value) {
         .arg(format!("{}:{tag}", from_archive.display()))
         .arg(&bundle))
     .expect("umoci unpack");
-    let config: Value = serde_json::from_slice(&std::fs::read(bundle.join("config.json")).unwrap()).unwrap();
+    let config: Value =
+        serde_json::from_slice(&std::fs::read(bundle.join("config.json")).unwrap()).unwrap();
     (bundle, config)
 }
 
@@ -685,24 +927,56 @@ async fn the_image_builds_here_and_its_entrypoint_runs_from_the_unpacked_rootfs(
     let ns = crate::support::kube_helpers::namespace(&client, "image").await;
     let started = Instant::now();
     let (bundle, config) = build_and_unpack_image(&tb.dir.join(format!("image-{ns}")));
-    eprintln!("image built and unpacked in {:.1}s", started.elapsed().as_secs_f64());
+    eprintln!(
+        "image built and unpacked in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
     let rootfs = bundle.join("rootfs");
     let process = &config["process"];
     assert_eq!(process["user"]["uid"], 65532, "non-root");
     assert_eq!(process["user"]["gid"], 65532);
-    let entry: Vec<String> = process["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap().to_string()).collect();
-    assert_eq!(entry, ["/usr/local/bin/portcullis", "run"], "entrypoint and default command");
+    let entry: Vec<String> = process["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        entry,
+        ["/usr/local/bin/portcullis", "run"],
+        "entrypoint and default command"
+    );
     assert!(!rootfs.join("bin/sh").exists(), "no shell in the image");
     let files: Vec<String> = walk(&rootfs);
     eprintln!("rootfs files: {files:?}");
-    let rootfs_size: u64 = files.iter().map(|f| std::fs::metadata(rootfs.join(f)).map(|m| m.len()).unwrap_or(0)).sum();
-    eprintln!("rootfs: {} files, {:.1} MiB", files.len(), rootfs_size as f64 / 1048576.0);
-    let env: Vec<String> = process["env"].as_array().unwrap().iter().map(|a| a.as_str().unwrap().to_string()).collect();
+    let rootfs_size: u64 = files
+        .iter()
+        .map(|f| {
+            std::fs::metadata(rootfs.join(f))
+                .map(|m| m.len())
+                .unwrap_or(0)
+        })
+        .sum();
+    eprintln!(
+        "rootfs: {} files, {:.1} MiB",
+        files.len(),
+        rootfs_size as f64 / 1048576.0
+    );
+    let env: Vec<String> = process["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect();
 
     // Run it as the image says, inside the rootfs: only what the image holds is there.
     let in_rootfs = |args: &[String]| {
         let mut cmd = Command::new("chroot");
-        cmd.arg("--userspec=65532:65532").arg(&rootfs).arg(&entry[0]).args(args).env_clear();
+        cmd.arg("--userspec=65532:65532")
+            .arg(&rootfs)
+            .arg(&entry[0])
+            .args(args)
+            .env_clear();
         for e in &env {
             let (k, v) = e.split_once('=').unwrap();
             cmd.env(k, v);
@@ -710,12 +984,19 @@ async fn the_image_builds_here_and_its_entrypoint_runs_from_the_unpacked_rootfs(
         cmd
     };
     let version = run(&mut in_rootfs(&["--version".into()])).expect("--version from the rootfs");
-    assert_eq!(version.trim(), format!("portcullis {}", env!("CARGO_PKG_VERSION")));
+    assert_eq!(
+        version.trim(),
+        format!("portcullis {}", env!("CARGO_PKG_VERSION"))
+    );
 
     // `run` against the test bed, until /readyz answers.
     let kubeconfig = rootfs.join("tmp/kubeconfig");
     std::fs::copy(tb.kubeconfig(ADMIN), &kubeconfig).unwrap();
-    std::fs::set_permissions(&kubeconfig, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    std::fs::set_permissions(
+        &kubeconfig,
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .unwrap();
     let (webhook_port, metrics_port) = (free_port(), free_port());
     let args: Vec<String> = [
         "run".to_string(),
@@ -731,16 +1012,22 @@ async fn the_image_builds_here_and_its_entrypoint_runs_from_the_unpacked_rootfs(
     .into();
     let log = tb.dir.join(format!("operator-image-{ns}.log"));
     crate::support::process::watch_log("portcullis (image)", &log);
-    let mut child = crate::support::process::spawn_bound(&mut in_rootfs(&args), &log).expect("start from the rootfs");
+    let mut child = crate::support::process::spawn_bound(&mut in_rootfs(&args), &log)
+        .expect("start from the rootfs");
     let readyz = format!("http://127.0.0.1:{metrics_port}/readyz");
-    eventually("/readyz of the operator run from the image", MINUTE, || async {
-        matches!(http_get(&readyz).await, Ok((200, _))).then_some(())
-    })
+    eventually(
+        "/readyz of the operator run from the image",
+        MINUTE,
+        || async { matches!(http_get(&readyz).await, Ok((200, _))).then_some(()) },
+    )
     .await;
     wait_for_webhook(&client, &ns).await;
     child.kill().ok();
     child.wait().ok();
-    eprintln!("ready from the image's rootfs after {:.1}s", started.elapsed().as_secs_f64());
+    eprintln!(
+        "ready from the image's rootfs after {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
 }
 
 /// The files (not directories) under `dir`, relative to it.
@@ -775,8 +1062,16 @@ async fn irsa_credentials_come_from_a_service_account_token_through_sts() {
     tb.install_crds().expect("CRDs install");
     let client = tb.client(ADMIN).await;
     let ns = crate::support::kube_helpers::namespace(&client, "irsa").await;
-    for k in ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"] {
-        assert!(std::env::var_os(k).is_none(), "{k} is set in the test's environment; the operator would inherit it");
+    for k in [
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AWS_PROFILE",
+    ] {
+        assert!(
+            std::env::var_os(k).is_none(),
+            "{k} is set in the test's environment; the operator would inherit it"
+        );
     }
     let role = "arn:aws:iam::123456789012:role/portcullis-irsa";
     let objs = helm::render(
@@ -785,7 +1080,12 @@ async fn irsa_credentials_come_from_a_service_account_token_through_sts() {
         &ns,
     )
     .unwrap();
-    let sa: ServiceAccount = serde_json::from_value(helm::find(&objs, "ServiceAccount", "portcullis").unwrap().clone()).unwrap();
+    let sa: ServiceAccount = serde_json::from_value(
+        helm::find(&objs, "ServiceAccount", "portcullis")
+            .unwrap()
+            .clone(),
+    )
+    .unwrap();
     let role_arn = sa.metadata.annotations.as_ref().unwrap()["eks.amazonaws.com/role-arn"].clone();
     let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), &ns);
     sas.create(&PostParams::default(), &sa).await.unwrap();
@@ -827,21 +1127,38 @@ async fn irsa_credentials_come_from_a_service_account_token_through_sts() {
         ("AWS_SHARED_CREDENTIALS_FILE", nowhere.as_str()),
         ("AWS_CONFIG_FILE", nowhere.as_str()),
         ("AWS_ROLE_ARN", role_arn.as_str()),
-        ("AWS_WEB_IDENTITY_TOKEN_FILE", &token_file.display().to_string()),
+        (
+            "AWS_WEB_IDENTITY_TOKEN_FILE",
+            &token_file.display().to_string(),
+        ),
         ("AWS_ROLE_SESSION_NAME", "portcullis"),
     ]
     .iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect();
-    let op = Operator::start_exact(tb, &ns, binary(), args, envs, format!("http://127.0.0.1:{metrics_port}"));
+    let op = Operator::start_exact(
+        tb,
+        &ns,
+        binary(),
+        args,
+        envs,
+        format!("http://127.0.0.1:{metrics_port}"),
+    );
     wait_for_webhook(&client, &ns).await;
     let ec2 = aws::client(&tb.moto_url);
     aws_request_goes_active(&client, &ec2, &ns, "jit", "ssh").await;
     let calls = proxy.calls();
     let exchanged = calls.iter().position(|a| a == "AssumeRoleWithWebIdentity");
     let first_ec2 = calls.iter().position(|a| a.starts_with("Describe"));
-    assert!(exchanged.is_some(), "the token was exchanged through STS: {calls:?}\n{}", op.log());
-    assert!(exchanged < first_ec2, "before the first EC2 call: {calls:?}");
+    assert!(
+        exchanged.is_some(),
+        "the token was exchanged through STS: {calls:?}\n{}",
+        op.log()
+    );
+    assert!(
+        exchanged < first_ec2,
+        "before the first EC2 call: {calls:?}"
+    );
 }
 
 /// Azure Workload Identity as azure_identity sees it in a pod the identity webhook set
@@ -860,16 +1177,28 @@ async fn workload_identity_exchanges_a_service_account_token_for_arm_access() {
     tb.install_crds().expect("CRDs install");
     let client = tb.client(ADMIN).await;
     let ns = crate::support::kube_helpers::namespace(&client, "azwi").await;
-    let (client_id, tenant_id) = ("6f1b1a6e-1d2b-4c3d-9e8f-0a1b2c3d4e5f", "72f988bf-86f1-41af-91ab-2d7cd011db47");
+    let (client_id, tenant_id) = (
+        "6f1b1a6e-1d2b-4c3d-9e8f-0a1b2c3d4e5f",
+        "72f988bf-86f1-41af-91ab-2d7cd011db47",
+    );
     let objs = helm::render(
         json!({"azure": {"workloadIdentity": {"enabled": true, "clientId": client_id, "tenantId": tenant_id}}}),
         "portcullis",
         &ns,
     )
     .unwrap();
-    let pod_labels = &helm::find(&objs, "Deployment", "portcullis").unwrap()["spec"]["template"]["metadata"]["labels"];
-    assert_eq!(pod_labels["azure.workload.identity/use"], "true", "the identity webhook acts on the pod");
-    let sa: ServiceAccount = serde_json::from_value(helm::find(&objs, "ServiceAccount", "portcullis").unwrap().clone()).unwrap();
+    let pod_labels = &helm::find(&objs, "Deployment", "portcullis").unwrap()["spec"]["template"]["metadata"]
+        ["labels"];
+    assert_eq!(
+        pod_labels["azure.workload.identity/use"], "true",
+        "the identity webhook acts on the pod"
+    );
+    let sa: ServiceAccount = serde_json::from_value(
+        helm::find(&objs, "ServiceAccount", "portcullis")
+            .unwrap()
+            .clone(),
+    )
+    .unwrap();
     let annotations = sa.metadata.annotations.clone().unwrap();
     let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), &ns);
     sas.create(&PostParams::default(), &sa).await.unwrap();
@@ -882,7 +1211,12 @@ async fn workload_identity_exchanges_a_service_account_token_for_arm_access() {
         ..TokenRequest::default()
     };
     let token: TokenRequest = sas
-        .create_subresource("token", "portcullis", &PostParams::default(), &token_for(AUDIENCE))
+        .create_subresource(
+            "token",
+            "portcullis",
+            &PostParams::default(),
+            &token_for(AUDIENCE),
+        )
         .await
         .unwrap();
     let token = token.status.and_then(|s| s.token).unwrap();
@@ -905,7 +1239,10 @@ async fn workload_identity_exchanges_a_service_account_token_for_arm_access() {
     let form = |assertion: &str| {
         [
             ("grant_type", "client_credentials"),
-            ("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"),
+            (
+                "client_assertion_type",
+                "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            ),
             ("client_id", client_id),
             ("scope", &format!("{}/.default", arm.url)),
             ("client_assertion", assertion),
@@ -917,15 +1254,33 @@ async fn workload_identity_exchanges_a_service_account_token_for_arm_access() {
     let path = format!("/{tenant_id}/oauth2/v2.0/token");
     assert!(entra.exchange(&path, &form(&token)).await.is_ok());
     let api_token: TokenRequest = sas
-        .create_subresource("token", "portcullis", &PostParams::default(), &token_for("https://kubernetes.default.svc"))
+        .create_subresource(
+            "token",
+            "portcullis",
+            &PostParams::default(),
+            &token_for("https://kubernetes.default.svc"),
+        )
         .await
         .unwrap();
     let api_token = api_token.status.and_then(|s| s.token).unwrap();
-    let refused = entra.exchange(&path, &form(&api_token)).await.expect_err("a token for another audience");
+    let refused = entra
+        .exchange(&path, &form(&api_token))
+        .await
+        .expect_err("a token for another audience");
     assert!(refused.contains("not a valid token"), "{refused}");
-    sas.create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": "other"}})).unwrap()).await.unwrap();
+    sas.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({"metadata": {"name": "other"}})).unwrap(),
+    )
+    .await
+    .unwrap();
     let other: TokenRequest = sas
-        .create_subresource("token", "other", &PostParams::default(), &token_for(AUDIENCE))
+        .create_subresource(
+            "token",
+            "other",
+            &PostParams::default(),
+            &token_for(AUDIENCE),
+        )
         .await
         .unwrap();
     let refused = entra
@@ -953,9 +1308,18 @@ async fn workload_identity_exchanges_a_service_account_token_for_arm_access() {
         "--no-leader-election".into(),
     ];
     let envs: Vec<(String, String)> = [
-        ("AZURE_FEDERATED_TOKEN_FILE", token_file.display().to_string()),
-        ("AZURE_CLIENT_ID", annotations["azure.workload.identity/client-id"].clone()),
-        ("AZURE_TENANT_ID", annotations["azure.workload.identity/tenant-id"].clone()),
+        (
+            "AZURE_FEDERATED_TOKEN_FILE",
+            token_file.display().to_string(),
+        ),
+        (
+            "AZURE_CLIENT_ID",
+            annotations["azure.workload.identity/client-id"].clone(),
+        ),
+        (
+            "AZURE_TENANT_ID",
+            annotations["azure.workload.identity/tenant-id"].clone(),
+        ),
         ("AZURE_AUTHORITY_HOST", entra.url.clone()),
         ("PORTCULLIS_ARM_ENDPOINT", arm.url.clone()),
         ("PORTCULLIS_ARM_CA_FILE", ca_file.display().to_string()),
@@ -965,7 +1329,14 @@ async fn workload_identity_exchanges_a_service_account_token_for_arm_access() {
     .map(|(k, v)| (k.to_string(), v))
     .collect();
     assert!(std::env::var_os("PORTCULLIS_ARM_TOKEN").is_none());
-    let op = Operator::start_exact(tb, &ns, binary(), args, envs, format!("http://127.0.0.1:{metrics_port}"));
+    let op = Operator::start_exact(
+        tb,
+        &ns,
+        binary(),
+        args,
+        envs,
+        format!("http://127.0.0.1:{metrics_port}"),
+    );
     wait_for_webhook(&client, &ns).await;
     let vm = arm.seed_vm_with_network("rg-jit", "vm1", "10.1.0.4");
     let policies: Api<JitPolicy> = Api::namespaced(client.clone(), &ns);
@@ -978,7 +1349,9 @@ async fn workload_identity_exchanges_a_service_account_token_for_arm_access() {
     request_goes_active(&client, &ns, "azure", "vm1", "ssh").await;
     let exchanges = entra.exchanges.lock().unwrap().clone();
     assert!(
-        exchanges.first().is_some_and(|e| e.as_deref() == Ok(format!("system:serviceaccount:{ns}:portcullis").as_str())),
+        exchanges.first().is_some_and(
+            |e| e.as_deref() == Ok(format!("system:serviceaccount:{ns}:portcullis").as_str())
+        ),
         "the operator exchanged its ServiceAccount token: {exchanges:?}\n{}",
         op.log()
     );

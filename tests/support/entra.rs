@@ -77,7 +77,10 @@ impl TokenEndpoint {
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         let acceptor = TlsAcceptor::from(Arc::new(config));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("https://127.0.0.1:{}", listener.local_addr().unwrap().port());
+        let url = format!(
+            "https://127.0.0.1:{}",
+            listener.local_addr().unwrap().port()
+        );
         let endpoint = TokenEndpoint {
             url,
             ca_pem: cert.ca_pem,
@@ -176,7 +179,10 @@ impl TokenEndpoint {
             .map_err(|e| format!("TokenReview: {e}"))?;
         let status = reviewed.status.unwrap_or_default();
         if status.authenticated != Some(true) {
-            return Err(format!("the assertion is not a valid token for {AUDIENCE}: {:?}", status.error));
+            return Err(format!(
+                "the assertion is not a valid token for {AUDIENCE}: {:?}",
+                status.error
+            ));
         }
         let subject = status.user.and_then(|u| u.username).unwrap_or_default();
         if subject != f.subject {

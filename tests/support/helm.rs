@@ -109,7 +109,13 @@ pub fn objects(manifest: &str) -> Vec<Value> {
 }
 
 /// A release action against the API server of `kubeconfig`; the release, or the error.
-pub fn release(op: &str, kubeconfig: &Path, name: &str, namespace: &str, values: Value) -> Result<Value, String> {
+pub fn release(
+    op: &str,
+    kubeconfig: &Path,
+    name: &str,
+    namespace: &str,
+    values: Value,
+) -> Result<Value, String> {
     let answer = call(json!({
         "op": op, "chart": chart(), "values": values, "name": name, "namespace": namespace,
         "kubeconfig": kubeconfig,
