@@ -1357,3 +1357,103 @@ async fn workload_identity_exchanges_a_service_account_token_for_arm_access() {
     );
     assert!(exchanges.iter().all(Result::is_ok), "{exchanges:?}");
 }
+
+/// A namespace-scoped install (`watchNamespace`): Roles in the watched namespace instead
+/// of cluster-wide rights on the resources, admission only there; sufficient (a request
+/// goes Active with no `forbidden`) and confined (`kubectl auth can-i`).
+#[tokio::test]
+async fn a_namespace_scoped_install_works_with_roles_in_its_namespace_only() {
+    let tb = Testbed::shared();
+    tb.install_crds().expect("CRDs install");
+    let client = tb.client(ADMIN).await;
+    let ns = crate::support::kube_helpers::namespace(&client, "helm-ops").await;
+    let team = crate::support::kube_helpers::namespace(&client, "helm-team").await;
+    let release = format!("jit-{}", ns.rsplit('-').next().unwrap());
+    let fullname = format!("{release}-portcullis");
+    let env = |k: &str, v: &str| json!({"name": k, "value": v});
+    let values = json!({
+        "watchNamespace": team,
+        "clusterName": ns,
+        "resync": "2s",
+        "leaderElection": {"leaseDuration": "3s"},
+        "extraEnv": [
+            env("AWS_ENDPOINT_URL", &tb.moto_url),
+            env("AWS_ACCESS_KEY_ID", "testing"),
+            env("AWS_SECRET_ACCESS_KEY", "testing"),
+            env("AWS_REGION", aws::REGION),
+            env("AWS_EC2_METADATA_DISABLED", "true"),
+        ],
+    });
+    let kubeconfig = tb.kubeconfig(ADMIN);
+    helm::release("install", &kubeconfig, &release, &ns, values).expect("helm install");
+    let token = service_account_token(&client, &ns, &fullname).await;
+    let sa_kubeconfig = tb.dir.join(format!("kubeconfig-{fullname}"));
+    token_kubeconfig(tb, &token, &sa_kubeconfig);
+    let (op, url) = run_deployment(
+        tb,
+        &client,
+        &ns,
+        &fullname,
+        &sa_kubeconfig,
+        &format!("{fullname}-0"),
+    )
+    .await;
+    let service = format!("{fullname}-webhook");
+    route_webhooks(&client, &fullname, (&ns, &service), Some(&url)).await;
+    wait_for_webhook(&client, &team).await;
+    let ec2 = aws::client(&tb.moto_url);
+    aws_request_goes_active(&client, &ec2, &team, "jit", "ssh").await;
+    assert!(
+        !op.log().to_lowercase().contains("forbidden"),
+        "{}",
+        op.log()
+    );
+
+    let sa = format!("system:serviceaccount:{ns}:{fullname}");
+    for what in [
+        vec![
+            "list",
+            "accessrequests.jit.portcullis.dev",
+            "-n",
+            team.as_str(),
+        ],
+        vec![
+            "patch",
+            "jitpolicies.jit.portcullis.dev",
+            "--subresource=status",
+            "-n",
+            team.as_str(),
+        ],
+        vec!["create", "events.events.k8s.io", "-n", team.as_str()],
+    ] {
+        assert!(can_i(tb, &sa, &what), "the operator needs {what:?}");
+    }
+    for what in [
+        vec![
+            "list",
+            "accessrequests.jit.portcullis.dev",
+            "--all-namespaces",
+        ],
+        vec!["list", "jitpolicies.jit.portcullis.dev", "-n", "default"],
+        vec!["create", "events.events.k8s.io", "-n", "default"],
+        vec!["get", "namespaces/kube-system"],
+        vec!["get", "secrets", "-n", team.as_str()],
+        vec!["patch", "mutatingwebhookconfigurations/portcullis"],
+    ] {
+        assert!(
+            !can_i(tb, &sa, &what),
+            "the operator must not have {what:?}"
+        );
+    }
+    let requests: Api<AccessRequest> = Api::namespaced(client.clone(), &team);
+    delete_and_wait_gone(&requests, "ssh").await;
+    let policies: Api<JitPolicy> = Api::namespaced(client.clone(), &team);
+    delete_and_wait_gone(&policies, "jit").await;
+    helm::release("uninstall", &kubeconfig, &release, &ns, json!({})).expect("helm uninstall");
+    let gone: Option<MutatingWebhookConfiguration> =
+        Api::all(client.clone()).get_opt(&fullname).await.unwrap();
+    assert!(
+        gone.is_none(),
+        "uninstall removes the webhook configuration"
+    );
+}
