@@ -20,8 +20,18 @@ async fn a_cluster_wide_operator_serves_namespaces_made_with_kubectl() {
     for ns in ["portcullis-system", "team-a", "team-b"] {
         run(tb.kubectl(ADMIN).args(["create", "namespace", ns])).unwrap();
     }
-    let labels = run(tb.kubectl(ADMIN).args(["get", "namespace", "team-a", "-o", "jsonpath={.metadata.labels}"])).unwrap();
-    assert!(!labels.contains("kubernetes.io/metadata.name"), "1.20 sets no such label: {labels}");
+    let labels = run(tb.kubectl(ADMIN).args([
+        "get",
+        "namespace",
+        "team-a",
+        "-o",
+        "jsonpath={.metadata.labels}",
+    ]))
+    .unwrap();
+    assert!(
+        !labels.contains("kubernetes.io/metadata.name"),
+        "1.20 sets no such label: {labels}"
+    );
 
     let ec2 = aws::client(&tb.moto_url);
     let port = crate::support::process::free_port();
