@@ -103,11 +103,16 @@ async fn live(kill_after: Option<u64>) -> Life {
                 Box::pin(async move {
                     // SAFETY: kill(2) on the operator's pid, as a crash would end it.
                     unsafe { libc::kill(pid, libc::SIGKILL) };
-                    let at = match requests.get_opt("ssh").await {
-                        Ok(Some(r)) => AtKill::Request(r.status.and_then(|s| s.phase)),
-                        _ => AtKill::NoRequest,
-                    };
-                    *seen.lock().unwrap() = Some(at);
+                    // The proxy drops this call's handler once the dead operator's
+                    // connection closes: the look at the request runs on its own.
+                    tokio::spawn(async move {
+                        let at = match requests.get_opt("ssh").await {
+                            Ok(Some(r)) => AtKill::Request(r.status.and_then(|s| s.phase)),
+                            Ok(None) => AtKill::NoRequest,
+                            Err(e) => panic!("cannot read the request: {e}"),
+                        };
+                        *seen.lock().unwrap() = Some(at);
+                    });
                 })
             }),
         );
