@@ -10,6 +10,8 @@ mod azure;
 mod azure_firewall;
 mod azure_never_left_open;
 mod cli;
+mod cloud_faults;
+mod crash;
 mod crd_schema;
 mod identity;
 mod install;

@@ -1001,7 +1001,12 @@ async fn a_group_in_use_is_a_condition_not_an_endless_retry() {
         .iter()
         .filter(|a| *a == "DeleteSecurityGroup")
         .count();
-    assert!(tries <= 5, "{tries} deletes in 10 s: hammering");
+    // A conflict waits for the resync (2 s here, less 10 % jitter at most): six tries at
+    // most in 10 s. A retry with backoff (from 1 s) or a loop would make more.
+    assert!(
+        tries <= 6,
+        "{tries} deletes in 10 s with a 2 s resync: hammering"
+    );
     w.proxy.stop_refusing();
     w.ready_policy("jit").await;
     eventually("the empty group deleted", MINUTE, || async {
@@ -1079,8 +1084,10 @@ async fn a_converged_policy_writes_nothing_and_reads_only_on_resync() {
     );
     // Per run: the instance and its ENIs (2 reads), its groups, owned groups, rules and
     // who else uses the groups (4); per resync one sweep read. Nothing else.
+    // A run may be under way at either end of the window: its calls count, its run
+    // does not (runs are counted when they finish).
     assert!(
-        calls.len() as f64 <= target_runs * 7.0,
+        calls.len() as f64 <= (target_runs + 1.0) * 7.0,
         "{} cloud calls for {target_runs} runs: {calls:?}",
         calls.len()
     );

@@ -66,8 +66,15 @@ struct State {
     calls: Mutex<Vec<String>>,
     faults: Mutex<Faults>,
     refusals: Mutex<Vec<Refuse>>,
+    /// Refusals for a number of calls only.
+    counted: Mutex<Vec<(u64, Refuse)>>,
     delays: Mutex<Vec<(String, std::time::Duration)>>,
     hooks: Mutex<Vec<(String, Hook)>>,
+    /// Runs after the n-th write (counted from when it was set) is done upstream, before
+    /// its answer goes back.
+    trip: Mutex<Option<(u64, Hook)>>,
+    writes_done: AtomicU64,
+    tripped: Mutex<Option<String>>,
     injected: AtomicU64,
     seq: AtomicU64,
 }
@@ -123,6 +130,12 @@ impl Ec2Proxy {
         self.state.refusals.lock().unwrap().push(refuse);
     }
 
+    /// Refuses only the next `times` calls `refuse` describes: a passing fault such as
+    /// EC2's eventual consistency (`InvalidGroup.NotFound` right after a create).
+    pub fn refuse_next(&self, times: u64, refuse: Refuse) {
+        self.state.counted.lock().unwrap().push((times, refuse));
+    }
+
     /// Stops refusing calls.
     pub fn stop_refusing(&self) {
         self.state.refusals.lock().unwrap().clear();
@@ -144,6 +157,20 @@ impl Ec2Proxy {
             .lock()
             .unwrap()
             .push((action.to_string(), hook));
+    }
+
+    /// Runs `hook` once, after the `n`-th write forwarded from now on is done by moto and
+    /// before its answer goes back: the test kills the operator there, so the cloud has
+    /// changed and the operator never learns it.
+    pub fn after_write(&self, n: u64, hook: Hook) {
+        self.state.writes_done.store(0, Ordering::SeqCst);
+        *self.state.tripped.lock().unwrap() = None;
+        *self.state.trip.lock().unwrap() = Some((n, hook));
+    }
+
+    /// The write after which the [`Ec2Proxy::after_write`] hook ran, once it has.
+    pub fn tripped(&self) -> Option<String> {
+        self.state.tripped.lock().unwrap().clone()
     }
 
     /// Every action seen so far, in order (injected failures included).
@@ -242,6 +269,18 @@ async fn forward(
                 && r.region.is_none_or(|g| Some(g) == region.as_deref())
         })
         .cloned();
+    let matches = |r: &Refuse| {
+        r.action.is_none_or(|a| a == action)
+            && r.region.is_none_or(|g| Some(g) == region.as_deref())
+    };
+    let refusal = refusal.or_else(|| {
+        let mut counted = st.counted.lock().unwrap();
+        let i = counted
+            .iter()
+            .position(|(left, r)| *left > 0 && matches(r))?;
+        counted[i].0 -= 1;
+        Some(counted[i].1.clone())
+    });
     if let Some(r) = refusal {
         st.injected.fetch_add(1, Ordering::SeqCst);
         return Ok(ec2_error(r.status, r.code, "refused by the test proxy"));
@@ -289,8 +328,27 @@ async fn forward(
                 .await
                 .map(|b| b.to_bytes())
                 .unwrap_or_default();
+            if WRITES.contains(&action.as_str()) && parts.status.is_success() {
+                trip(&st, &action).await;
+            }
             Ok(Response::from_parts(parts, Full::new(body)))
         }
         Err(e) => Ok(ec2_error(502, "ProxyError", &e.to_string())),
+    }
+}
+
+/// Counts a write moto has done and runs the trip hook on the chosen one.
+async fn trip(st: &State, action: &str) {
+    let n = st.writes_done.fetch_add(1, Ordering::SeqCst) + 1;
+    let hook = {
+        let mut trip = st.trip.lock().unwrap();
+        match trip.as_ref() {
+            Some((at, _)) if *at == n => trip.take().map(|(_, h)| h),
+            _ => None,
+        }
+    };
+    if let Some(hook) = hook {
+        *st.tripped.lock().unwrap() = Some(action.to_string());
+        hook().await;
     }
 }

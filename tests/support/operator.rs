@@ -191,6 +191,11 @@ impl Operator {
         self.child = Some(spawn_bound(&mut cmd, &log).expect("start portcullis"));
     }
 
+    /// The running process's id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
     /// Kills the process with SIGKILL: no cleanup, as in a crash.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {

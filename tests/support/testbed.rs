@@ -200,7 +200,12 @@ impl Testbed {
         // etcd keeps its data in memory-backed storage when the machine has it: fsync on
         // a shared disk is what makes a test API server slow.
         let etcd_data = match Path::new("/dev/shm").is_dir() {
-            true => PathBuf::from(format!("/dev/shm/portcullis-etcd-{}", std::process::id())),
+            // One per test bed (named as its scratch directory): a test process may run
+            // several, and each etcd locks its own.
+            true => PathBuf::from(format!(
+                "/dev/shm/portcullis-etcd-{}",
+                self.dir.file_name().unwrap_or_default().to_string_lossy()
+            )),
             false => self.dir.join("etcd-data"),
         };
         let (client_port, peer_port) = (free_port(), free_port());
@@ -410,6 +415,18 @@ impl Testbed {
     }
 }
 
+impl Drop for Testbed {
+    /// A private test bed stops with its test (the shared one lives as long as the
+    /// process; its children die with it).
+    fn drop(&mut self) {
+        self.stop();
+        if let Some(name) = self.dir.file_name() {
+            let shm = format!("/dev/shm/portcullis-etcd-{}", name.to_string_lossy());
+            std::fs::remove_dir_all(shm).ok();
+        }
+    }
+}
+
 /// Runs a command; on failure returns its output as the error.
 pub fn run(cmd: &mut Command) -> Result<String, String> {
     let out = cmd
@@ -450,22 +467,36 @@ fn kubeconfig(server: &str, ca_pem: &str, user: User) -> String {
     s
 }
 
-/// A fresh scratch directory for this process; leftovers of dead runs are removed.
+/// A fresh scratch directory for a test bed of this process (a process may run several);
+/// leftovers of dead runs are removed.
 fn scratch_dir() -> Result<PathBuf, String> {
+    static BEDS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let base = std::env::temp_dir().join("portcullis-testbed");
     std::fs::create_dir_all(&base).map_err(|e| format!("cannot create {}: {e}", base.display()))?;
-    if let Ok(entries) = std::fs::read_dir(&base) {
-        for e in entries.flatten() {
-            let pid = e.file_name().to_string_lossy().parse::<u32>().ok();
-            if let Some(pid) = pid
-                && !Path::new(&format!("/proc/{pid}")).exists()
-            {
-                std::fs::remove_dir_all(e.path()).ok();
-                std::fs::remove_dir_all(format!("/dev/shm/portcullis-etcd-{pid}")).ok();
-            }
+    let dead = |name: &str| {
+        name.split('-')
+            .next()
+            .and_then(|p| p.parse::<u32>().ok())
+            .is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+    };
+    for e in std::fs::read_dir(&base).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        if dead(&name) {
+            std::fs::remove_dir_all(e.path()).ok();
         }
     }
-    let dir = base.join(std::process::id().to_string());
+    for e in std::fs::read_dir("/dev/shm")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let name = e.file_name().to_string_lossy().to_string();
+        if name.strip_prefix("portcullis-etcd-").is_some_and(dead) {
+            std::fs::remove_dir_all(e.path()).ok();
+        }
+    }
+    let n = BEDS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let dir = base.join(format!("{}-{n}", std::process::id()));
     std::fs::remove_dir_all(&dir).ok();
     std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     Ok(dir)

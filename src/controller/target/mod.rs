@@ -55,7 +55,7 @@ pub struct Outcome {
 }
 
 /// What kind of trouble a target is in: decides the policy's conditions.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Trouble {
     /// Passing: throttling, a 5xx, a busy resource. Retried with backoff.
     Transient,
@@ -82,6 +82,17 @@ impl Trouble {
             CloudError::Unsupported { .. } => Trouble::Unsupported,
             CloudError::Fatal { .. } => Trouble::Failed,
         }
+    }
+
+    /// Whether the trouble may pass by itself soon, so that a retry with backoff (sooner
+    /// than the resync) is worth it. Conflicts, refused credentials and unsupported
+    /// targets wait for the resync or a change of inputs: retrying them sooner would
+    /// only hammer the cloud.
+    fn may_pass_soon(self) -> bool {
+        matches!(
+            self,
+            Trouble::Transient | Trouble::NotFound | Trouble::Failed
+        )
     }
 }
 
@@ -199,6 +210,10 @@ async fn live(
                 .acquire()
                 .await
                 .expect("the semaphore is never closed");
+            // Grants due when the run starts (or within the clocks' slack of it) are the
+            // run's own first step (it closes before it reads anything else); closing
+            // them here too would race it for the same rules.
+            let started = ctx.now() + RUN_SLACK;
             let run = run::run(&ctx, &key, &mut memory);
             tokio::pin!(run);
             // A grant that comes due while the run reads or writes is closed meanwhile,
@@ -206,12 +221,12 @@ async fn live(
             loop {
                 let due = snapshot
                     .as_ref()
-                    .and_then(|(l, o)| next_close(l, o, ctx.now()));
+                    .and_then(|(l, o)| next_close(l, o, started, ctx.now()));
                 tokio::select! {
                     r = &mut run => break r,
                     _ = tokio::time::sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => {
                         if let Some((locator, obs)) = snapshot.take() {
-                            let left = close_due(&ctx, &key, &locator, obs).await;
+                            let left = close_due(&ctx, &key, &locator, obs, started).await;
                             snapshot = Some((locator, left));
                         }
                     }
@@ -221,10 +236,9 @@ async fn live(
         snapshot = memory.snapshot();
         let next = match result {
             Ok((outcome, next)) => {
-                failures = if outcome.trouble.is_some() {
-                    failures + 1
-                } else {
-                    0
+                failures = match outcome.trouble {
+                    Some(t) if t.may_pass_soon() => failures + 1,
+                    _ => 0,
                 };
                 publish(&ctx, &key, Some(outcome));
                 match (next, failures) {
@@ -256,9 +270,18 @@ async fn live(
     }
 }
 
+/// How far past a run's start a grant's close time still counts as the run's: the timer
+/// that woke the run and the wall clock the stamps use differ by a few milliseconds.
+const RUN_SLACK: jiff::SignedDuration = jiff::SignedDuration::from_millis(250);
+
 /// When the next grant rule in `obs` must be gone (its stamp's expiry, less the cloud's
-/// close lead).
-fn next_close(locator: &Locator, obs: &Observation, now: Timestamp) -> Option<Instant> {
+/// close lead), of those that come due after `since` (the start of the run under way).
+fn next_close(
+    locator: &Locator,
+    obs: &Observation,
+    since: Timestamp,
+    now: Timestamp,
+) -> Option<Instant> {
     let lead = close_lead(locator);
     let at = obs
         .observed
@@ -267,23 +290,29 @@ fn next_close(locator: &Locator, obs: &Observation, now: Timestamp) -> Option<In
         .filter(|r| r.grant().is_some())
         .filter_map(|r| r.stamp.expires_at)
         .map(|t| t - lead)
+        .filter(|t| *t > since)
         .min()?;
     let until = Duration::try_from(at.duration_since(now)).unwrap_or(Duration::ZERO);
     Some(Instant::now() + until)
 }
 
-/// Deletes the grant rules of `obs` whose time is up; `obs` without them.
+/// Deletes the grant rules of `obs` whose time came up after `since` (the start of the
+/// run under way, which closes those due before); `obs` without them.
 async fn close_due(
     ctx: &Context,
     key: &TargetKey,
     locator: &Locator,
     obs: Observation,
+    since: Timestamp,
 ) -> Observation {
     let lead = close_lead(locator);
     let now = ctx.now();
     let (due, kept): (Vec<OwnedRule>, Vec<OwnedRule>) =
         obs.observed.owned.iter().cloned().partition(|r| {
-            r.grant().is_some() && r.stamp.expires_at.is_some_and(|t| t - lead <= now)
+            r.grant().is_some()
+                && r.stamp
+                    .expires_at
+                    .is_some_and(|t| t - lead <= now && t - lead > since)
         });
     if due.is_empty() {
         return obs;

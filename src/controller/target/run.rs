@@ -752,7 +752,7 @@ fn outcome(mem: &mut Memory, decision: &Decision, report: Report) -> Outcome {
             .collect::<Vec<_>>()
             .join("; ")
     });
-    let trouble = report.trouble.clone().or_else(|| {
+    let trouble = report.trouble.or_else(|| {
         if conflict {
             Some(Trouble::Conflict)
         } else if report
