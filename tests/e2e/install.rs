@@ -1457,3 +1457,40 @@ async fn a_namespace_scoped_install_works_with_roles_in_its_namespace_only() {
         "uninstall removes the webhook configuration"
     );
 }
+
+/// `--webhook-registration patch-ca` (the chart's) never creates the configurations:
+/// after `helm uninstall` removed them, a replica still running must not bring them back.
+#[tokio::test]
+async fn patch_ca_mode_never_creates_webhook_configurations() {
+    let tb = Testbed::shared();
+    tb.install_crds().expect("CRDs install");
+    let client = tb.client(ADMIN).await;
+    let ns = crate::support::kube_helpers::namespace(&client, "patchca").await;
+    let port = free_port();
+    let name = format!("portcullis-{ns}");
+    // As the cluster admin: only the mode keeps it from creating them.
+    let op = Operator::start_with(
+        tb,
+        &ns,
+        &tb.moto_url,
+        "1s",
+        vec![
+            "--webhook-listen".into(),
+            format!("127.0.0.1:{port}"),
+            "--webhook-url".into(),
+            format!("https://127.0.0.1:{port}"),
+            "--webhook-config-name".into(),
+            name.clone(),
+            "--webhook-registration".into(),
+            "patch-ca".into(),
+        ],
+        &[],
+    );
+    eventually("three looks at the missing configurations", MINUTE, || async {
+        (op.log().matches("the webhook configurations do not exist").count() >= 3).then_some(())
+    })
+    .await;
+    let m: Option<MutatingWebhookConfiguration> = Api::all(client.clone()).get_opt(&name).await.unwrap();
+    let v: Option<ValidatingWebhookConfiguration> = Api::all(client.clone()).get_opt(&name).await.unwrap();
+    assert!(m.is_none() && v.is_none(), "patch-ca created a configuration");
+}
