@@ -210,6 +210,13 @@ fn chart_lints_strict_and_renders_with_defaults_and_with_every_feature() {
     );
     let d = helm::find(&objs, "Deployment", "portcullis").unwrap();
     assert_eq!(d["spec"]["replicas"], 2);
+    let pdb = helm::find(&objs, "PodDisruptionBudget", "portcullis").unwrap();
+    assert_eq!(pdb["spec"]["minAvailable"], 1);
+    let one = helm::render(json!({"replicaCount": 1}), "portcullis", "portcullis-system").unwrap();
+    assert!(
+        helm::find(&one, "PodDisruptionBudget", "portcullis").is_none(),
+        "one replica: no PDB that would block every drain"
+    );
     let pod = &d["spec"]["template"]["spec"];
     assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
     assert_eq!(
