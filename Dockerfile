@@ -1,3 +1,4 @@
+# syntax=docker/dockerfile:1
 # The operator's image, for users with Docker (or any OCI builder):
 #   docker build -t portcullis:0.1.0 .
 # scripts/image builds the same image without a container engine (see README).
