@@ -212,7 +212,12 @@ fn chart_lints_strict_and_renders_with_defaults_and_with_every_feature() {
     assert_eq!(d["spec"]["replicas"], 2);
     let pdb = helm::find(&objs, "PodDisruptionBudget", "portcullis").unwrap();
     assert_eq!(pdb["spec"]["minAvailable"], 1);
-    let one = helm::render(json!({"replicaCount": 1}), "portcullis", "portcullis-system").unwrap();
+    let one = helm::render(
+        json!({"replicaCount": 1}),
+        "portcullis",
+        "portcullis-system",
+    )
+    .unwrap();
     assert!(
         helm::find(&one, "PodDisruptionBudget", "portcullis").is_none(),
         "one replica: no PDB that would block every drain"
@@ -1493,11 +1498,24 @@ async fn patch_ca_mode_never_creates_webhook_configurations() {
         ],
         &[],
     );
-    eventually("three looks at the missing configurations", MINUTE, || async {
-        (op.log().matches("the webhook configurations do not exist").count() >= 3).then_some(())
-    })
+    eventually(
+        "three looks at the missing configurations",
+        MINUTE,
+        || async {
+            (op.log()
+                .matches("the webhook configurations do not exist")
+                .count()
+                >= 3)
+                .then_some(())
+        },
+    )
     .await;
-    let m: Option<MutatingWebhookConfiguration> = Api::all(client.clone()).get_opt(&name).await.unwrap();
-    let v: Option<ValidatingWebhookConfiguration> = Api::all(client.clone()).get_opt(&name).await.unwrap();
-    assert!(m.is_none() && v.is_none(), "patch-ca created a configuration");
+    let m: Option<MutatingWebhookConfiguration> =
+        Api::all(client.clone()).get_opt(&name).await.unwrap();
+    let v: Option<ValidatingWebhookConfiguration> =
+        Api::all(client.clone()).get_opt(&name).await.unwrap();
+    assert!(
+        m.is_none() && v.is_none(),
+        "patch-ca created a configuration"
+    );
 }
