@@ -6,6 +6,7 @@
 //! Service; outside (development, the local test bed) at `--webhook-url`.
 
 pub mod admission;
+pub mod namespace;
 pub mod register;
 pub mod secrets;
 pub mod tls;
