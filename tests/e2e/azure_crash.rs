@@ -216,8 +216,15 @@ async fn live(kill_after: Option<u64>) -> Life {
         "{}: the foreign rules as they were",
         w.ns
     );
-    if kill_after.is_some() {
-        assert!(!crash.pending, "{}: the kill never struck", w.ns);
+    // Lives differ by a write or two (a retried write, a sweep): a kill that never
+    // struck is right only when this life made fewer writes.
+    if let Some(n) = kill_after {
+        let done = w.arm.writes_done();
+        assert!(
+            !crash.pending || done < n,
+            "{}: the kill after write {n} never struck, with {done} writes",
+            w.ns
+        );
     }
     let writes = w
         .arm
@@ -262,7 +269,12 @@ async fn azure_a_crash_after_any_write_converges() {
     let (mut latest, mut earliest) = (clean.closed_after_expiry, clean.closed_after_expiry);
     let mut grant_kills = 0;
     for (k, life) in &lives {
-        let (write, at) = life.killed_after.clone().expect("the kill struck");
+        latest = latest.max(life.closed_after_expiry);
+        earliest = earliest.min(life.closed_after_expiry);
+        let Some((write, at)) = life.killed_after.clone() else {
+            eprintln!("METRIC azure crash: life {k} made fewer than {k} writes");
+            continue;
+        };
         eprintln!(
             "METRIC azure crash: killed after write {k} ({write}; request then {at:?}), closed {:+.2}s from expiresAt",
             life.closed_after_expiry
@@ -275,8 +287,6 @@ async fn azure_a_crash_after_any_write_converges() {
             );
             grant_kills += 1;
         }
-        latest = latest.max(life.closed_after_expiry);
-        earliest = earliest.min(life.closed_after_expiry);
     }
     assert!(
         grant_kills >= 1,

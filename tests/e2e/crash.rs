@@ -244,8 +244,14 @@ async fn live(kill_after: Option<u64>) -> Life {
         aws::owned_groups(&ec2, &ns).await.is_empty(),
         "{ns}: an owned group left over"
     );
-    if kill_after.is_some() {
-        assert!(!crash.pending, "{ns}: the kill never struck");
+    // Lives differ by a write or two (a sweep may revoke what a run was about to):
+    // a kill that never struck is right only when this life made fewer writes.
+    if let Some(n) = kill_after {
+        let done = w.proxy.writes_done();
+        assert!(
+            !crash.pending || done < n,
+            "{ns}: the kill after write {n} never struck, with {done} writes"
+        );
     }
     let writes = w.proxy.writes();
     let killed_after = w.proxy.tripped().map(|a| {
@@ -276,7 +282,11 @@ async fn a_crash_after_any_write_converges() {
     let mut worst: f64 = clean.closed_after_expiry;
     let mut grant_kills = 0;
     for (k, life) in &lives {
-        let (action, at) = life.killed_after.clone().expect("the kill struck");
+        worst = worst.max(life.closed_after_expiry);
+        let Some((action, at)) = life.killed_after.clone() else {
+            eprintln!("METRIC crash: life {k} made fewer than {k} writes");
+            continue;
+        };
         eprintln!(
             "METRIC crash: killed after write {k} ({action}; request then {at:?}), closed {:+.2}s from expiresAt",
             life.closed_after_expiry
@@ -295,7 +305,6 @@ async fn a_crash_after_any_write_converges() {
             );
             grant_kills += 1;
         }
-        worst = worst.max(life.closed_after_expiry);
     }
     assert!(
         grant_kills >= 1,

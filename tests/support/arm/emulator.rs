@@ -534,6 +534,11 @@ impl ArmEmulator {
         };
     }
 
+    /// The writes accepted since [`ArmEmulator::after_write`] was set.
+    pub fn writes_done(&self) -> u64 {
+        self.state().trip.done
+    }
+
     /// The write (`METHOD path`) after which the [`ArmEmulator::after_write`] hook ran.
     pub fn tripped(&self) -> Option<String> {
         self.state().trip.tripped.clone()
