@@ -226,6 +226,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     .remove("key")
     .ok_or_else(|| anyhow::anyhow!("Secret {} has no key", args.stamp_secret))?;
 
+    // The webhooks of a namespace-scoped install select its namespace by a label that
+    // Kubernetes sets itself only from 1.21 on.
+    if let (Some(ns), false) = (&settings.namespace, args.no_webhook) {
+        webhook::namespace::ensure_or_warn(&client, ns).await;
+    }
+
     // Every replica serves admission; only the leader registers it and reconciles.
     let (webhook, registration) = if args.no_webhook {
         (None, None)

@@ -8,6 +8,7 @@
 //! they point at the operator's Service; outside at `--webhook-url`.
 
 pub mod admission;
+pub mod namespace;
 pub mod register;
 pub mod secrets;
 pub mod tls;

@@ -15,7 +15,7 @@ use portcullis::api::{AccessRequest, Phase};
 
 use crate::aws::{MINUTE, World};
 use crate::support::aws;
-use crate::support::ec2_proxy::{Ec2Proxy, Faults};
+use crate::support::ec2_proxy::Faults;
 use crate::support::operator::Operator;
 
 /// How a life went.
@@ -31,7 +31,7 @@ struct Life {
 
 /// The request when the kill struck.
 #[derive(Clone, Debug, PartialEq)]
-enum AtKill {
+pub(crate) enum AtKill {
     /// Not created yet (or the hook could not read it).
     NoRequest,
     /// Its phase then.
@@ -39,29 +39,19 @@ enum AtKill {
 }
 
 /// What the kill hook saw when it struck.
-type Evidence = Arc<Mutex<Option<AtKill>>>;
+pub(crate) type Evidence = Arc<Mutex<Option<AtKill>>>;
 
-/// Restarts the operator once the proxy has killed it.
-struct Crash {
-    pending: bool,
+/// Restarts the operator once the cloud's kill hook has struck.
+pub(crate) struct Crash {
+    pub(crate) pending: bool,
 }
 
-impl Crash {
-    fn restart_if_killed(&mut self, op: &mut Operator, proxy: &Ec2Proxy) {
-        if self.pending && proxy.tripped().is_some() {
-            self.pending = false;
-            op.kill();
-            op.restart();
-        }
-    }
-}
-
-/// Waits for `check`, restarting a killed operator meanwhile.
-async fn step<T, F, Fut>(
-    w: &mut World,
+/// Waits for `check`, restarting the operator once `struck` says the kill hook ran.
+pub(crate) async fn step<T, F, Fut>(
+    op: &mut Operator,
     crash: &mut Crash,
+    struck: &dyn Fn() -> bool,
     what: &str,
-    timeout: Duration,
     mut check: F,
 ) -> T
 where
@@ -70,15 +60,18 @@ where
 {
     let start = Instant::now();
     loop {
-        crash.restart_if_killed(&mut w.operator, &w.proxy);
+        if crash.pending && struck() {
+            crash.pending = false;
+            op.kill();
+            op.restart();
+        }
         if let Some(v) = check().await {
             return v;
         }
         assert!(
-            start.elapsed() < timeout,
-            "{}: timed out waiting for {what}\n{}",
-            w.ns,
-            w.operator.log()
+            start.elapsed() < MINUTE,
+            "timed out waiting for {what}\n{}",
+            op.log()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -89,6 +82,8 @@ async fn live(kill_after: Option<u64>) -> Life {
     let mut w = World::new(&name, Faults::None).await;
     let original = aws::ingress_summary(&w.ec2, &w.vm.group_id).await;
     let evidence: Evidence = Arc::default();
+    let proxy = w.proxy.clone();
+    let struck = move || proxy.tripped().is_some();
     let mut crash = Crash {
         pending: kill_after.is_some(),
     };
@@ -121,15 +116,21 @@ async fn live(kill_after: Option<u64>) -> Life {
     // The baseline: the foreign tcp/22 rule is revoked and recorded.
     w.create_policy("jit").await;
     let (policies, ec2, group) = (w.policies.clone(), w.ec2.clone(), w.vm.group_id.clone());
-    step(&mut w, &mut crash, "the baseline", MINUTE, || async {
-        let p = policies.get("jit").await.ok()?;
-        let ready = portcullis::api::conditions::is_true(&p.status?.conditions, "Ready");
-        let open = aws::ingress_summary(&ec2, &group)
-            .await
-            .iter()
-            .any(|r| r.1 == 22);
-        (ready && !open).then_some(())
-    })
+    step(
+        &mut w.operator,
+        &mut crash,
+        &struck,
+        "the baseline",
+        || async {
+            let p = policies.get("jit").await.ok()?;
+            let ready = portcullis::api::conditions::is_true(&p.status?.conditions, "Ready");
+            let open = aws::ingress_summary(&ec2, &group)
+                .await
+                .iter()
+                .any(|r| r.1 == 22);
+            (ready && !open).then_some(())
+        },
+    )
     .await;
 
     // The grant: created once the webhook answers again.
@@ -139,10 +140,10 @@ async fn live(kill_after: Option<u64>) -> Life {
     )
     .unwrap();
     step(
-        &mut w,
+        &mut w.operator,
         &mut crash,
+        &struck,
         "the request created",
-        MINUTE,
         || async {
             match requests.create(&PostParams::default(), &request).await {
                 Ok(_) => Some(()),
@@ -152,10 +153,16 @@ async fn live(kill_after: Option<u64>) -> Life {
         },
     )
     .await;
-    let r = step(&mut w, &mut crash, "the request Active", MINUTE, || async {
-        let r = requests.get("ssh").await.ok()?;
-        (r.status.as_ref()?.phase == Some(Phase::Active)).then_some(r)
-    })
+    let r = step(
+        &mut w.operator,
+        &mut crash,
+        &struck,
+        "the request Active",
+        || async {
+            let r = requests.get("ssh").await.ok()?;
+            (r.status.as_ref()?.phase == Some(Phase::Active)).then_some(r)
+        },
+    )
     .await;
     let expires = r.status.unwrap().expires_at.unwrap().0;
     let ns = w.ns.clone();
@@ -178,22 +185,28 @@ async fn live(kill_after: Option<u64>) -> Life {
     );
 
     // The expiry: the rule goes on time.
-    step(&mut w, &mut crash, "the grant closed", MINUTE, || async {
-        let open = owned(ec2.clone(), ns.clone())
-            .await
-            .iter()
-            .any(|r| r.3 == "203.0.113.7/32");
-        (!open).then_some(())
-    })
+    step(
+        &mut w.operator,
+        &mut crash,
+        &struck,
+        "the grant closed",
+        || async {
+            let open = owned(ec2.clone(), ns.clone())
+                .await
+                .iter()
+                .any(|r| r.3 == "203.0.113.7/32");
+            (!open).then_some(())
+        },
+    )
     .await;
     let closed_after_expiry = (jiff::Timestamp::now() - expires)
         .total(jiff::Unit::Second)
         .unwrap();
     step(
-        &mut w,
+        &mut w.operator,
         &mut crash,
+        &struck,
         "the request Expired",
-        MINUTE,
         || async {
             let r = requests.get("ssh").await.ok()?;
             (r.status.as_ref()?.phase == Some(Phase::Expired)).then_some(())
@@ -206,15 +219,21 @@ async fn live(kill_after: Option<u64>) -> Life {
         .delete("jit", &DeleteParams::default())
         .await
         .unwrap();
-    step(&mut w, &mut crash, "the policy gone", MINUTE, || async {
-        policies
-            .get_opt("jit")
-            .await
-            .ok()
-            .flatten()
-            .is_none()
-            .then_some(())
-    })
+    step(
+        &mut w.operator,
+        &mut crash,
+        &struck,
+        "the policy gone",
+        || async {
+            policies
+                .get_opt("jit")
+                .await
+                .ok()
+                .flatten()
+                .is_none()
+                .then_some(())
+        },
+    )
     .await;
     assert_eq!(
         aws::ingress_summary(&ec2, &group).await,
@@ -225,8 +244,14 @@ async fn live(kill_after: Option<u64>) -> Life {
         aws::owned_groups(&ec2, &ns).await.is_empty(),
         "{ns}: an owned group left over"
     );
-    if kill_after.is_some() {
-        assert!(!crash.pending, "{ns}: the kill never struck");
+    // Lives differ by a write or two (a sweep may revoke what a run was about to):
+    // a kill that never struck is right only when this life made fewer writes.
+    if let Some(n) = kill_after {
+        let done = w.proxy.writes_done();
+        assert!(
+            !crash.pending || done < n,
+            "{ns}: the kill after write {n} never struck, with {done} writes"
+        );
     }
     let writes = w.proxy.writes();
     let killed_after = w.proxy.tripped().map(|a| {
@@ -257,7 +282,11 @@ async fn a_crash_after_any_write_converges() {
     let mut worst: f64 = clean.closed_after_expiry;
     let mut grant_kills = 0;
     for (k, life) in &lives {
-        let (action, at) = life.killed_after.clone().expect("the kill struck");
+        worst = worst.max(life.closed_after_expiry);
+        let Some((action, at)) = life.killed_after.clone() else {
+            eprintln!("METRIC crash: life {k} made fewer than {k} writes");
+            continue;
+        };
         eprintln!(
             "METRIC crash: killed after write {k} ({action}; request then {at:?}), closed {:+.2}s from expiresAt",
             life.closed_after_expiry
@@ -276,7 +305,6 @@ async fn a_crash_after_any_write_converges() {
             );
             grant_kills += 1;
         }
-        worst = worst.max(life.closed_after_expiry);
     }
     assert!(
         grant_kills >= 1,

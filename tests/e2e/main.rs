@@ -7,6 +7,7 @@ mod support;
 
 mod aws;
 mod azure;
+mod azure_crash;
 mod azure_firewall;
 mod azure_never_left_open;
 mod cli;

@@ -168,6 +168,11 @@ impl Ec2Proxy {
         *self.state.trip.lock().unwrap() = Some((n, hook));
     }
 
+    /// The writes moto accepted since [`Ec2Proxy::after_write`] was set.
+    pub fn writes_done(&self) -> u64 {
+        self.state.writes_done.load(Ordering::SeqCst)
+    }
+
     /// The write after which the [`Ec2Proxy::after_write`] hook ran, once it has.
     pub fn tripped(&self) -> Option<String> {
         self.state.tripped.lock().unwrap().clone()

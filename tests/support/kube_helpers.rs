@@ -52,8 +52,9 @@ pub async fn namespace_named(client: &kube::Client, name: &str) {
     let ns: Namespace = serde_json::from_value(serde_json::json!({
         "apiVersion": "v1",
         "kind": "Namespace",
-        // Set by Kubernetes itself from 1.21 on; the webhooks select namespaces by it.
-        "metadata": {"name": name, "labels": {"kubernetes.io/metadata.name": name}},
+        // As `kubectl create namespace` makes it on 1.20: without the
+        // `kubernetes.io/metadata.name` label (the operator sets it for its webhooks).
+        "metadata": {"name": name},
     }))
     .unwrap();
     match Api::<Namespace>::all(client.clone())

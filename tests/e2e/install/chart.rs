@@ -310,15 +310,17 @@ fn chart_lints_strict_and_renders_with_defaults_and_with_every_feature() {
         "ops/jit-portcullis-webhook"
     );
     let cluster = rules(helm::find(&objs, "ClusterRole", "jit-portcullis-operator").unwrap());
+    let row = |g: &str, r: &str, v: &str, n: &str| {
+        (g.to_string(), r.to_string(), v.to_string(), n.to_string())
+    };
     assert_eq!(
         cluster,
-        [(
-            "authorization.k8s.io".to_string(),
-            "subjectaccessreviews".to_string(),
-            "create".to_string(),
-            String::new()
-        )],
-        "a namespace-scoped install with a cluster name and cert-manager needs only SubjectAccessReviews cluster-wide"
+        [
+            row("authorization.k8s.io", "subjectaccessreviews", "create", ""),
+            row("", "namespaces", "get", "team-a"),
+            row("", "namespaces", "patch", "team-a"),
+        ],
+        "a namespace-scoped install with a cluster name and cert-manager needs cluster-wide only SubjectAccessReviews and its namespace's label"
     );
     let watched = helm::find(&objs, "Role", "jit-portcullis-operator-watched").unwrap();
     assert_eq!(watched["metadata"]["namespace"], "team-a");

@@ -303,6 +303,7 @@ async fn a_namespace_scoped_install_works_with_roles_in_its_namespace_only() {
     );
 
     let sa = format!("system:serviceaccount:{ns}:{fullname}");
+    let team_ns = format!("namespaces/{team}");
     for what in [
         vec![
             "list",
@@ -318,6 +319,7 @@ async fn a_namespace_scoped_install_works_with_roles_in_its_namespace_only() {
             team.as_str(),
         ],
         vec!["create", "events.events.k8s.io", "-n", team.as_str()],
+        vec!["patch", &team_ns],
     ] {
         assert!(can_i(tb, &sa, &what), "the operator needs {what:?}");
     }
@@ -330,6 +332,7 @@ async fn a_namespace_scoped_install_works_with_roles_in_its_namespace_only() {
         vec!["list", "jitpolicies.jit.portcullis.dev", "-n", "default"],
         vec!["create", "events.events.k8s.io", "-n", "default"],
         vec!["get", "namespaces/kube-system"],
+        vec!["patch", "namespaces/default"],
         vec!["get", "secrets", "-n", team.as_str()],
         vec!["patch", "mutatingwebhookconfigurations/portcullis"],
     ] {

@@ -519,6 +519,31 @@ impl ArmEmulator {
         self.throttle_waits().iter().map(|w| w.waited).min()
     }
 
+    // ----- crashes -----
+
+    /// Runs `hook` once, right after the `n`-th write accepted from now on (2xx) has
+    /// changed the emulator's state and before its answer goes back: a test kills its
+    /// operator there, so Azure has changed and the operator never learns it.
+    pub fn after_write(&self, n: u64, hook: impl FnOnce() + Send + 'static) {
+        let mut state = self.state();
+        state.trip = super::state::Trip {
+            at: n,
+            done: 0,
+            hook: Some(Box::new(hook)),
+            tripped: None,
+        };
+    }
+
+    /// The writes accepted since [`ArmEmulator::after_write`] was set.
+    pub fn writes_done(&self) -> u64 {
+        self.state().trip.done
+    }
+
+    /// The write (`METHOD path`) after which the [`ArmEmulator::after_write`] hook ran.
+    pub fn tripped(&self) -> Option<String> {
+        self.state().trip.tripped.clone()
+    }
+
     // ----- long-running operations -----
 
     /// How many long-running operations have not completed.

@@ -78,5 +78,27 @@ async fn respond(
         headers: parts.headers,
         body,
     };
-    Ok(dispatch::handle(&shared, &incoming).into_response())
+    let response = dispatch::handle(&shared, &incoming).into_response();
+    let write = matches!(
+        incoming.method.as_str(),
+        "PUT" | "PATCH" | "DELETE" | "POST"
+    );
+    if write && response.status().is_success() {
+        let hook = {
+            let mut state = shared.state.lock().unwrap_or_else(|e| e.into_inner());
+            let trip = &mut state.trip;
+            trip.done += 1;
+            match trip.hook.is_some() && trip.done == trip.at {
+                true => {
+                    trip.tripped = Some(format!("{} {}", incoming.method, incoming.path));
+                    trip.hook.take()
+                }
+                false => None,
+            }
+        };
+        if let Some(hook) = hook {
+            hook();
+        }
+    }
+    Ok(response)
 }

@@ -178,6 +178,19 @@ pub(crate) struct State {
     pub busy_turn: u64,
     /// Writes refused on purpose: (path fragment, error code).
     pub refused_writes: Vec<(String, String)>,
+    /// A hook run after a chosen write is done (see `ArmEmulator::after_write`).
+    pub trip: Trip,
+}
+
+/// Runs a hook once the `at`-th accepted write (counted from when it was set) is done,
+/// before its answer goes back.
+#[derive(Default)]
+pub(crate) struct Trip {
+    pub at: u64,
+    pub done: u64,
+    pub hook: Option<Box<dyn FnOnce() + Send>>,
+    /// `METHOD path` of the write the hook ran after.
+    pub tripped: Option<String>,
 }
 
 /// What the server and the handle share.
