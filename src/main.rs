@@ -105,6 +105,13 @@ struct RunArgs {
     /// The name of the webhook configurations the operator registers.
     #[arg(long, default_value = "portcullis")]
     webhook_config_name: String,
+    /// Who owns the webhook configurations: `create` (the operator creates and re-applies
+    /// them; they outlive it: development and the local test bed), `patch-ca` (an
+    /// installer such as the Helm chart owns them and removes them on uninstall; the
+    /// operator only keeps their caBundle current) or `none` (cert-manager's CA injector
+    /// keeps the caBundle current).
+    #[arg(long, default_value = "create")]
+    webhook_registration: webhook::register::Mode,
     /// Run without leader election (one replica only).
     #[arg(long)]
     no_leader_election: bool,
@@ -259,7 +266,14 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         let upkeep = async {
             match registration {
                 Some((r, ca)) => {
-                    webhook::upkeep::keep_registered(client.clone(), r, ca, settings.resync).await
+                    webhook::upkeep::keep_registered(
+                        client.clone(),
+                        args.webhook_registration,
+                        r,
+                        ca,
+                        settings.resync,
+                    )
+                    .await
                 }
                 None => std::future::pending().await,
             }

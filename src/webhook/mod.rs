@@ -1,9 +1,11 @@
 //! The admission webhook: stamps who asked, checks they may ask, and validates requests
 //! and policies with messages that name the field.
 //!
-//! `portcullis run` serves it over TLS and registers its own webhook configurations,
-//! keeping their `caBundle` current. Inside a cluster they point at the operator's
-//! Service; outside (development, the local test bed) at `--webhook-url`.
+//! `portcullis run` serves it over TLS and keeps the webhook configurations' `caBundle`
+//! current: it registers them itself (`--webhook-registration create`: development, the
+//! local test bed), or only patches the `caBundle` of those the Helm chart owns
+//! (`patch-ca`), or leaves them to cert-manager's CA injector (`none`). Inside a cluster
+//! they point at the operator's Service; outside at `--webhook-url`.
 
 pub mod admission;
 pub mod namespace;

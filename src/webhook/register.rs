@@ -1,4 +1,6 @@
-//! The webhook configurations, applied by the operator itself (server-side apply).
+//! The webhook configurations: created by the operator itself (server-side apply, the
+//! local test bed and the demo) or owned by an installer such as the Helm chart, in which
+//! case the operator only keeps their `caBundle` current.
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::admissionregistration::v1::{
@@ -10,6 +12,34 @@ use kube::api::{Api, Patch, PatchParams};
 
 use super::{MUTATE_REQUESTS, VALIDATE_POLICIES, VALIDATE_REQUESTS};
 use crate::api::GROUP;
+
+/// Who owns the webhook configurations, and so what the operator writes to them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// The operator creates and re-applies both configurations (development, the local
+    /// test bed). They outlive the operator.
+    Create,
+    /// An installer (the Helm chart) owns them, so they go with the install; the operator
+    /// only patches the `caBundle` of configurations that exist, and creates nothing.
+    PatchCa,
+    /// Something else (cert-manager's CA injector) keeps the `caBundle` current: the
+    /// operator does not touch the configurations at all.
+    None,
+}
+
+impl std::str::FromStr for Mode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "create" => Ok(Mode::Create),
+            "patch-ca" => Ok(Mode::PatchCa),
+            "none" => Ok(Mode::None),
+            other => Err(format!(
+                "unknown webhook registration {other:?} (create, patch-ca or none)"
+            )),
+        }
+    }
+}
 
 /// Where the API server reaches the webhook.
 #[derive(Clone, Debug)]
@@ -101,9 +131,11 @@ fn validating(r: &Registration, name: &str, path: &str, resource: &str) -> Valid
     }
 }
 
-/// Applies both configurations, `failurePolicy: Fail`: a request that cannot be checked
-/// is not admitted.
-pub async fn apply(client: &kube::Client, r: &Registration) -> Result<(), kube::Error> {
+/// Both configurations, `failurePolicy: Fail`: a request that cannot be checked is not
+/// admitted. The Helm chart's `templates/webhook.yaml` must say the same (a test checks).
+pub fn configurations(
+    r: &Registration,
+) -> (MutatingWebhookConfiguration, ValidatingWebhookConfiguration) {
     let mutating = MutatingWebhookConfiguration {
         metadata: kube::api::ObjectMeta {
             name: Some(r.name.clone()),
@@ -141,10 +173,91 @@ pub async fn apply(client: &kube::Client, r: &Registration) -> Result<(), kube::
             ),
         ]),
     };
+    (mutating, validating)
+}
+
+/// Applies both [`configurations`] (server-side apply): [`Mode::Create`].
+pub async fn apply(client: &kube::Client, r: &Registration) -> Result<(), kube::Error> {
+    let (mutating, validating) = configurations(r);
     let pp = PatchParams::apply(crate::controller::MANAGER).force();
     let m: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
     m.patch(&r.name, &pp, &Patch::Apply(&mutating)).await?;
     let v: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
     v.patch(&r.name, &pp, &Patch::Apply(&validating)).await?;
     Ok(())
+}
+
+/// What [`patch_ca`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CaPatch {
+    /// Every webhook of both configurations already carried the CA: nothing written.
+    Current,
+    /// This many webhooks got the CA.
+    Patched(usize),
+    /// A configuration does not exist (not installed yet, or uninstalled): nothing
+    /// written, nothing created.
+    Missing,
+}
+
+/// Sets the `caBundle` of every webhook in the configurations named `name` to `ca_pem`,
+/// writing only to those whose bundle differs. Configurations that do not exist are left
+/// alone (their owner, e.g. `helm uninstall`, removed them on purpose).
+pub async fn patch_ca(
+    client: &kube::Client,
+    name: &str,
+    ca_pem: &str,
+) -> Result<CaPatch, kube::Error> {
+    let m: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    let v: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
+    let (Some(mutating), Some(validating)) = (m.get_opt(name).await?, v.get_opt(name).await?)
+    else {
+        return Ok(CaPatch::Missing);
+    };
+    let stale = |names: Vec<(String, Option<&ByteString>)>| -> Vec<String> {
+        names
+            .into_iter()
+            .filter(|(_, ca)| ca.map(|c| c.0.as_slice()) != Some(ca_pem.as_bytes()))
+            .map(|(n, _)| n)
+            .collect()
+    };
+    let m_stale = stale(
+        mutating
+            .webhooks
+            .iter()
+            .flatten()
+            .map(|w| (w.name.clone(), w.client_config.ca_bundle.as_ref()))
+            .collect(),
+    );
+    let v_stale = stale(
+        validating
+            .webhooks
+            .iter()
+            .flatten()
+            .map(|w| (w.name.clone(), w.client_config.ca_bundle.as_ref()))
+            .collect(),
+    );
+    // A strategic merge patch: `webhooks` merges by `name`, so only `caBundle` changes.
+    let patch = |stale: &[String]| {
+        use base64::Engine;
+        let ca = base64::engine::general_purpose::STANDARD.encode(ca_pem);
+        serde_json::json!({
+            "webhooks": stale
+                .iter()
+                .map(|n| serde_json::json!({"name": n, "clientConfig": {"caBundle": ca}}))
+                .collect::<Vec<_>>()
+        })
+    };
+    let pp = PatchParams::default();
+    if !m_stale.is_empty() {
+        m.patch(name, &pp, &Patch::Strategic(patch(&m_stale)))
+            .await?;
+    }
+    if !v_stale.is_empty() {
+        v.patch(name, &pp, &Patch::Strategic(patch(&v_stale)))
+            .await?;
+    }
+    Ok(match m_stale.len() + v_stale.len() {
+        0 => CaPatch::Current,
+        n => CaPatch::Patched(n),
+    })
 }

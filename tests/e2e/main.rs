@@ -15,6 +15,7 @@ mod cloud_faults;
 mod crash;
 mod crd_schema;
 mod identity;
+mod install;
 mod leader;
 mod never_left_open;
 mod on_time;

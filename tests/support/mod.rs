@@ -6,6 +6,8 @@
 pub mod arm;
 pub mod aws;
 pub mod ec2_proxy;
+pub mod entra;
+pub mod helm;
 pub mod ip_echo;
 pub mod kube_helpers;
 pub mod kubectl_jit;

@@ -21,6 +21,7 @@ pub fn binary() -> PathBuf {
 /// A running `portcullis run` watching one namespace.
 pub struct Operator {
     child: Option<Child>,
+    program: PathBuf,
     args: Vec<String>,
     envs: Vec<(String, String)>,
     log: PathBuf,
@@ -141,6 +142,7 @@ impl Operator {
         envs.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         let mut op = Operator {
             child: None,
+            program: binary(),
             args,
             envs,
             log: tb.dir.join(format!("operator-{namespace}-{}.log", {
@@ -154,12 +156,35 @@ impl Operator {
         op
     }
 
+    /// Starts `program` with exactly `args` and `envs` (e.g. the container of a rendered
+    /// Deployment); `metrics_url` is where its `--metrics-listen` serves.
+    pub fn start_exact(
+        tb: &Testbed,
+        label: &str,
+        program: PathBuf,
+        args: Vec<String>,
+        envs: Vec<(String, String)>,
+        metrics_url: String,
+    ) -> Operator {
+        let mut op = Operator {
+            child: None,
+            program,
+            args,
+            envs,
+            log: tb.dir.join(format!("operator-{label}.log")),
+            starts: 0,
+            metrics_url,
+        };
+        op.restart();
+        op
+    }
+
     /// Starts the process again (after [`Operator::kill`]).
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "operator still running");
         self.starts += 1;
         let log = self.log.with_extension(format!("{}.log", self.starts));
-        let mut cmd = Command::new(binary());
+        let mut cmd = Command::new(&self.program);
         cmd.args(&self.args)
             .envs(self.envs.iter().map(|(k, v)| (k, v)));
         super::process::watch_log("portcullis", &log);
