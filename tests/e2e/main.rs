@@ -9,6 +9,7 @@ mod aws;
 mod azure;
 mod azure_firewall;
 mod azure_never_left_open;
+mod chaos;
 mod cli;
 mod crd_schema;
 mod identity;
