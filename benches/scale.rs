@@ -76,7 +76,10 @@ impl Args {
         let argv: Vec<String> = std::env::args().skip(1).collect();
         let mut i = 0;
         while i < argv.len() {
-            let (k, v) = (argv[i].as_str(), argv.get(i + 1).cloned().unwrap_or_default());
+            let (k, v) = (
+                argv[i].as_str(),
+                argv.get(i + 1).cloned().unwrap_or_default(),
+            );
             let num = || {
                 v.parse::<u64>()
                     .unwrap_or_else(|_| panic!("{k} wants a number, not {v:?}"))
@@ -127,7 +130,10 @@ fn dist(mut v: Vec<f64>) -> (Value, String) {
     let (p50, p99, max) = (pct(&v, 0.5), pct(&v, 0.99), pct(&v, 1.0));
     (
         json!({"n": v.len(), "p50": p50, "p99": p99, "max": max}),
-        format!("p50 {p50:.3} s, p99 {p99:.3} s, max {max:.3} s (n={})", v.len()),
+        format!(
+            "p50 {p50:.3} s, p99 {p99:.3} s, max {max:.3} s (n={})",
+            v.len()
+        ),
     )
 }
 
@@ -155,11 +161,7 @@ fn instant_of(t: Timestamp) -> Instant {
 
 /// Signed seconds from `b` to `a`.
 fn diff(a: Instant, b: Instant) -> f64 {
-    if a >= b {
-        secs(a - b)
-    } else {
-        -secs(b - a)
-    }
+    if a >= b { secs(a - b) } else { -secs(b - a) }
 }
 
 // ----- the operator process -----
@@ -334,6 +336,7 @@ async fn wait_ready(api: &Api<JitPolicy>, names: &[String], timeout: Duration) -
 #[derive(Clone, Debug)]
 struct Ec2Rule {
     id: String,
+    group: String,
     request: String,
     expires: Option<Timestamp>,
 }
@@ -369,6 +372,7 @@ async fn owned_ec2_rules(ec2: &aws_sdk_ec2::Client, groups: &[String]) -> Vec<Ec
             };
             out.push(Ec2Rule {
                 id: r.security_group_rule_id().unwrap_or_default().to_string(),
+                group: r.group_id().unwrap_or_default().to_string(),
                 request: s.owner.rsplit('/').next().unwrap_or_default().to_string(),
                 expires: s.expires_at,
             });
@@ -529,7 +533,10 @@ impl Bench {
                     to_closed.push(secs(t1.elapsed()));
                     break;
                 }
-                assert!(t1.elapsed() < Duration::from_secs(120), "{name} never closed");
+                assert!(
+                    t1.elapsed() < Duration::from_secs(120),
+                    "{name} never closed"
+                );
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         }
@@ -601,7 +608,11 @@ impl Bench {
         let mut last_rule_poll = Instant::now() - Duration::from_secs(5);
         let mut rules_n = 0;
         loop {
-            let active = self.seen.lock().unwrap().count(&self.burst_names, Phase::Active);
+            let active = self
+                .seen
+                .lock()
+                .unwrap()
+                .count(&self.burst_names, Phase::Active);
             if all_rules_at.is_none() && last_rule_poll.elapsed() >= Duration::from_millis(500) {
                 last_rule_poll = Instant::now();
                 let groups = self.owned_groups().await;
@@ -646,18 +657,61 @@ impl Bench {
         let after_apply = last_active.map(|l| diff(l, t_created));
         let rules_at = all_rules_at.map(|r| diff(r, t0));
         table(
-            &format!("burst: {g} requests over {} instances ({p} policies × {t} targets), created at once", p * t),
+            &format!(
+                "burst: {g} requests over {} instances ({p} policies × {t} targets), created at once",
+                p * t
+            ),
             &[
-                ("baseline enforced on all instances (policies Ready)".into(), format!("{:.1} s", secs(baseline))),
-                ("creating the requests (32 in flight, through the webhook)".into(), format!("{:.1} s", secs(created))),
-                ("all Active, from the first create".into(), format!("{} ({n_active} of {g})", all_active.map_or("not reached".into(), |s| format!("{s:.1} s")))),
-                ("all Active, after the last create returned".into(), after_apply.map_or("not reached".into(), |s| format!("{s:.1} s"))),
-                ("all rules in EC2, from the first create".into(), rules_at.map_or(format!("not reached ({rules_n} of {g})"), |s| format!("{s:.1} s"))),
+                (
+                    "baseline enforced on all instances (policies Ready)".into(),
+                    format!("{:.1} s", secs(baseline)),
+                ),
+                (
+                    "creating the requests (32 in flight, through the webhook)".into(),
+                    format!("{:.1} s", secs(created)),
+                ),
+                (
+                    "all Active, from the first create".into(),
+                    format!(
+                        "{} ({n_active} of {g})",
+                        all_active.map_or("not reached".into(), |s| format!("{s:.1} s"))
+                    ),
+                ),
+                (
+                    "all Active, after the last create returned".into(),
+                    after_apply.map_or("not reached".into(), |s| format!("{s:.1} s")),
+                ),
+                (
+                    "all rules in EC2, from the first create".into(),
+                    rules_at.map_or(format!("not reached ({rules_n} of {g})"), |s| {
+                        format!("{s:.1} s")
+                    }),
+                ),
                 ("per request: first create → Active".into(), d_text),
-                ("EC2 calls during the burst".into(), format!("{} ({} writes, {} reads)", calls.len(), writes.len(), reads.len())),
-                ("EC2 calls by action".into(), format!("{:?}", by_action(&calls))),
-                ("peak EC2 writes / s; reads / s".into(), format!("{} ; {}", peak_per_second(&writes), peak_per_second(&reads))),
-                ("operator CPU seconds for the burst".into(), format!("{cpu:.1} s ({:.1} per 1,000 grants)", cpu * 1000.0 / g as f64)),
+                (
+                    "EC2 calls during the burst".into(),
+                    format!(
+                        "{} ({} writes, {} reads)",
+                        calls.len(),
+                        writes.len(),
+                        reads.len()
+                    ),
+                ),
+                (
+                    "EC2 calls by action".into(),
+                    format!("{:?}", by_action(&calls)),
+                ),
+                (
+                    "peak EC2 writes / s; reads / s".into(),
+                    format!("{} ; {}", peak_per_second(&writes), peak_per_second(&reads)),
+                ),
+                (
+                    "operator CPU seconds for the burst".into(),
+                    format!(
+                        "{cpu:.1} s ({:.1} per 1,000 grants)",
+                        cpu * 1000.0 / g as f64
+                    ),
+                ),
             ],
         );
         self.record(
@@ -683,7 +737,10 @@ impl Bench {
         self.proxy.clear_timed();
         let api0 = apiserver_requests(&self.tb);
         let cpu0 = proc_stats(self.pid()).2;
-        println!("\nidle for {window:?} ({} resyncs of {resync} s) …", self.args.idle_resyncs);
+        println!(
+            "\nidle for {window:?} ({} resyncs of {resync} s) …",
+            self.args.idle_resyncs
+        );
         tokio::time::sleep(window).await;
         let calls = self.proxy.timed_calls();
         let api = apiserver_requests(&self.tb) - api0;
@@ -695,7 +752,11 @@ impl Bench {
         let reads = calls.len() - writes;
         let targets = self.burst_vms.len().max(1);
         let per = reads as f64 / targets as f64 / f64::from(self.args.idle_resyncs);
-        let active = self.seen.lock().unwrap().count(&self.burst_names, Phase::Active);
+        let active = self
+            .seen
+            .lock()
+            .unwrap()
+            .count(&self.burst_names, Phase::Active);
         table(
             &format!(
                 "converged: {targets} targets, {active} active grants, idle {} s (--resync {resync}s)",
@@ -703,10 +764,22 @@ impl Bench {
             ),
             &[
                 ("EC2 writes".into(), writes.to_string()),
-                ("EC2 reads".into(), format!("{reads} ({per:.2} per target per resync)")),
-                ("EC2 reads by action".into(), format!("{:?}", by_action(&calls))),
-                ("API server requests / min (all clients)".into(), format!("{:.0}", api * 60.0 / secs(window))),
-                ("operator CPU".into(), format!("{cpu:.2} s in {} s", window.as_secs())),
+                (
+                    "EC2 reads".into(),
+                    format!("{reads} ({per:.2} per target per resync)"),
+                ),
+                (
+                    "EC2 reads by action".into(),
+                    format!("{:?}", by_action(&calls)),
+                ),
+                (
+                    "API server requests / min (all clients)".into(),
+                    format!("{:.0}", api * 60.0 / secs(window)),
+                ),
+                (
+                    "operator CPU".into(),
+                    format!("{cpu:.2} s in {} s", window.as_secs()),
+                ),
             ],
         );
         self.record(
@@ -773,8 +846,7 @@ impl Bench {
             rules.len(),
             last.duration_since(first).as_secs_f64()
         );
-        let wait = Duration::try_from(last.duration_since(Timestamp::now()))
-            .unwrap_or_default()
+        let wait = Duration::try_from(last.duration_since(Timestamp::now())).unwrap_or_default()
             + Duration::from_secs(12);
         self.proxy.clear_timed();
         let cpu0 = proc_stats(self.pid()).2;
@@ -790,13 +862,32 @@ impl Bench {
                 revoked.entry(id).or_insert(c.at);
             }
         }
+        // A group whose grants are all due is detached and deleted whole: its rules close
+        // with the DeleteSecurityGroup call.
+        let mut deleted: HashMap<String, Instant> = HashMap::new();
+        for c in calls
+            .iter()
+            .filter(|c| c.action == "DeleteSecurityGroup" && c.status == 200)
+        {
+            for g in c
+                .params
+                .split('&')
+                .filter_map(|kv| kv.strip_prefix("GroupId="))
+            {
+                deleted.entry(g.to_string()).or_insert(c.at);
+            }
+        }
         let left = owned_ec2_rules(&self.ec2, &self.owned_groups().await).await;
         let mut lags = Vec::new();
         let mut late = 0;
         let mut never = 0;
         for r in &rules {
             let exp = instant_of(r.expires.unwrap());
-            match revoked.get(&r.id) {
+            let closed = match (revoked.get(&r.id), deleted.get(&r.group)) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            match closed {
                 Some(at) => {
                     let lag = diff(*at, exp);
                     if lag > 2.0 {
@@ -805,7 +896,7 @@ impl Bench {
                     lags.push(lag);
                 }
                 None if left.iter().any(|l| l.id == r.id) => never += 1,
-                // Gone without a revoke naming it (its group was deleted): count as late.
+                // Gone without a call the proxy saw closing it: count as late.
                 None => late += 1,
             }
         }
@@ -835,8 +926,8 @@ impl Bench {
                 last.duration_since(first).as_secs_f64()
             ),
             &[
-                ("lag expiresAt → rule revoked (proxy)".into(), l_text),
-                ("alive past expiresAt + 2 s".into(), format!("{late}")),
+                ("lag expiresAt → rule revoked or its group deleted (proxy)".into(), l_text),
+                ("alive past expiresAt + 2 s (still open included)".into(), format!("{}", late + never)),
                 ("still open at the end".into(), format!("{never}")),
                 (
                     "lag expiresAt → phase Expired".into(),
@@ -852,7 +943,10 @@ impl Bench {
                 ),
                 (
                     "operator CPU".into(),
-                    format!("{cpu:.1} s ({:.1} per 1,000 grants)", cpu * 1000.0 / rules.len() as f64),
+                    format!(
+                        "{cpu:.1} s ({:.1} per 1,000 grants)",
+                        cpu * 1000.0 / rules.len() as f64
+                    ),
                 ),
             ],
         );
@@ -860,7 +954,7 @@ impl Bench {
             "expiry",
             json!({
                 "grants": rules.len(), "spread_s": last.duration_since(first).as_secs_f64(),
-                "revoke_lag": l_json, "alive_past_2s": late, "never_closed": never,
+                "revoke_lag": l_json, "alive_past_2s": late + never, "never_closed": never,
                 "expired_phase_lag": p_json, "calls": by_action(&calls),
                 "peak_writes_per_s": peak_per_second(&writes), "cpu_s": cpu,
             }),
@@ -868,7 +962,11 @@ impl Bench {
     }
 
     async fn azure(&mut self) {
-        let (vms, g, d) = (self.args.az_vms, self.args.az_grants, self.args.az_duration_secs);
+        let (vms, g, d) = (
+            self.args.az_vms,
+            self.args.az_grants,
+            self.args.az_duration_secs,
+        );
         let half = vms / 2;
         let names = vec!["az-a".to_string(), "az-b".to_string()];
         self.policies
@@ -927,7 +1025,10 @@ impl Bench {
                         continue;
                     };
                     m.insert(
-                        (nsg.clone(), r["name"].as_str().unwrap_or_default().to_string()),
+                        (
+                            nsg.clone(),
+                            r["name"].as_str().unwrap_or_default().to_string(),
+                        ),
                         s.expires_at,
                     );
                 }
@@ -964,9 +1065,8 @@ impl Bench {
         let n_active = actives.len();
         let last_active = actives.iter().max().copied();
         let (a_json, a_text) = dist(actives.iter().map(|a| diff(*a, t0)).collect());
-        let status_count = |calls: &[support::arm::Call], s: u16| {
-            calls.iter().filter(|c| c.status == s).count()
-        };
+        let status_count =
+            |calls: &[support::arm::Call], s: u16| calls.iter().filter(|c| c.status == s).count();
         let w: Vec<Instant> = burst_calls
             .iter()
             .filter(|c| c.is_write())
@@ -1022,22 +1122,80 @@ impl Bench {
         let (l_json, l_text) = dist(lags);
         let writes = w.len();
         table(
-            &format!("azure: {g} grants over {vms} VMs in 2 policies; every VM its own NIC NSG, one subnet NSG shared by all"),
+            &format!(
+                "azure: {g} grants over {vms} VMs in 2 policies; every VM its own NIC NSG, one subnet NSG shared by all"
+            ),
             &[
-                ("baseline (both policies Ready)".into(), format!("{:.1} s, {baseline_writes} ARM writes", secs(baseline))),
-                ("creating the requests".into(), format!("{:.1} s", secs(created))),
-                ("all Active, from the first create".into(), last_active.map_or(format!("not reached ({n_active} of {g})"), |l| format!("{:.1} s", diff(l, t0)))),
-                ("all Active, after the last create returned".into(), last_active.map_or("not reached".into(), |l| format!("{:.1} s", diff(l, t_created)))),
-                ("all rules in the NSGs (NIC + subnet)".into(), all_rules_at.map_or(format!("not reached ({n_rules} of {want_rules})"), |a| format!("{:.1} s", diff(a, t0)))),
+                (
+                    "baseline (both policies Ready)".into(),
+                    format!("{:.1} s, {baseline_writes} ARM writes", secs(baseline)),
+                ),
+                (
+                    "creating the requests".into(),
+                    format!("{:.1} s", secs(created)),
+                ),
+                (
+                    "all Active, from the first create".into(),
+                    last_active.map_or(format!("not reached ({n_active} of {g})"), |l| {
+                        format!("{:.1} s", diff(l, t0))
+                    }),
+                ),
+                (
+                    "all Active, after the last create returned".into(),
+                    last_active.map_or("not reached".into(), |l| {
+                        format!("{:.1} s", diff(l, t_created))
+                    }),
+                ),
+                (
+                    "all rules in the NSGs (NIC + subnet)".into(),
+                    all_rules_at.map_or(format!("not reached ({n_rules} of {want_rules})"), |a| {
+                        format!("{:.1} s", diff(a, t0))
+                    }),
+                ),
                 ("per request: first create → Active".into(), a_text),
-                ("ARM writes for the burst".into(), format!("{writes} ({:.2} per grant), {} reads", writes as f64 / g as f64, r.len())),
-                ("peak ARM writes / s; reads / s".into(), format!("{} ; {}", peak_per_second(&w), peak_per_second(&r))),
-                ("400 (SecurityRuleConflict) / 409 / 429 answers in the burst".into(), format!("{} / {} / {}", status_count(&burst_calls, 400), status_count(&burst_calls, 409), status_count(&burst_calls, 429))),
-                ("expiry lag expiresAt → rule gone (close lead 3 s)".into(), l_text),
+                (
+                    "ARM writes for the burst".into(),
+                    format!(
+                        "{writes} ({:.2} per grant), {} reads",
+                        writes as f64 / g as f64,
+                        r.len()
+                    ),
+                ),
+                (
+                    "peak ARM writes / s; reads / s".into(),
+                    format!("{} ; {}", peak_per_second(&w), peak_per_second(&r)),
+                ),
+                (
+                    "400 (SecurityRuleConflict) / 409 / 429 answers in the burst".into(),
+                    format!(
+                        "{} / {} / {}",
+                        status_count(&burst_calls, 400),
+                        status_count(&burst_calls, 409),
+                        status_count(&burst_calls, 429)
+                    ),
+                ),
+                (
+                    "expiry lag expiresAt → rule gone (close lead 3 s)".into(),
+                    l_text,
+                ),
                 ("rules alive past expiresAt + 2 s".into(), late.to_string()),
-                ("ARM writes while expiring; peak / s".into(), format!("{} ; {}", ew.len(), peak_per_second(&ew))),
-                ("400 / 409 / 429 answers while expiring".into(), format!("{} / {} / {}", status_count(&expiry_calls, 400), status_count(&expiry_calls, 409), status_count(&expiry_calls, 429))),
-                ("operator CPU (burst + expiry)".into(), format!("{cpu:.1} s")),
+                (
+                    "ARM writes while expiring; peak / s".into(),
+                    format!("{} ; {}", ew.len(), peak_per_second(&ew)),
+                ),
+                (
+                    "400 / 409 / 429 answers while expiring".into(),
+                    format!(
+                        "{} / {} / {}",
+                        status_count(&expiry_calls, 400),
+                        status_count(&expiry_calls, 409),
+                        status_count(&expiry_calls, 429)
+                    ),
+                ),
+                (
+                    "operator CPU (burst + expiry)".into(),
+                    format!("{cpu:.1} s"),
+                ),
             ],
         );
         self.record(
@@ -1099,7 +1257,13 @@ fn seed_azure(arm: &ArmEmulator, n: usize) -> (Vec<String>, Vec<String>) {
     for i in 0..n {
         let nsg = arm.seed_nsg("rg-bench", &format!("vm{i}-nic-nsg"));
         let ip = format!("10.50.{}.{}", i / 200, 4 + i % 200);
-        let nic = arm.seed_nic("rg-bench", &format!("vm{i}-nic"), &subnet, &[&ip], Some(&nsg));
+        let nic = arm.seed_nic(
+            "rg-bench",
+            &format!("vm{i}-nic"),
+            &subnet,
+            &[&ip],
+            Some(&nsg),
+        );
         vm_ids.push(arm.seed_vm("rg-bench", &format!("vm{i}"), &[&nic]));
         nsgs.push(nsg);
     }
@@ -1196,4 +1360,3 @@ async fn main() {
     bench.operator.kill();
     bench.tb.stop();
 }
-

@@ -190,7 +190,10 @@ impl ChaosWorld {
             ("PORTCULLIS_ARM_CA_FILE", ca),
             ("PORTCULLIS_ARM_TOKEN", self.arm.token.as_str()),
             ("POD_NAME", pod),
-            ("RUST_LOG", "info,portcullis=debug,kube_runtime=warn,aws=warn"),
+            (
+                "RUST_LOG",
+                "info,portcullis=debug,kube_runtime=warn,aws=warn",
+            ),
         ];
         Operator::start_with(tb, &self.ns, &self.proxy.url, "10s", args, &env)
     }
@@ -356,43 +359,44 @@ async fn check_once(
         *dup.entry(d.as_str()).or_default() += 1;
     }
     let snapshot_now = w.foreign_snapshot().await;
-    let mut c = counts.lock().unwrap();
-    for (id, _, exp) in &allows {
-        let Some(exp) = exp else { continue };
-        let exp = instant_of(*exp);
-        if read_at > exp + Duration::from_secs(2) {
-            let lag = (read_at - exp).as_secs_f64();
-            if outages
-                .lock()
-                .unwrap()
-                .overlaps(exp - Duration::from_secs(1), read_at)
-            {
-                c.alive_past_expiry_in_outage.insert(id.clone());
-            } else {
-                c.alive_past_expiry.insert(id.clone());
-                c.worst_lag = c.worst_lag.max(lag);
+    {
+        let mut c = counts.lock().unwrap();
+        for (id, _, exp) in &allows {
+            let Some(exp) = exp else { continue };
+            let exp = instant_of(*exp);
+            if read_at > exp + Duration::from_secs(2) {
+                let lag = (read_at - exp).as_secs_f64();
+                if outages
+                    .lock()
+                    .unwrap()
+                    .overlaps(exp - Duration::from_secs(1), read_at)
+                {
+                    c.alive_past_expiry_in_outage.insert(id.clone());
+                } else {
+                    c.alive_past_expiry.insert(id.clone());
+                    c.worst_lag = c.worst_lag.max(lag);
+                }
+            }
+        }
+        for (d, n) in dup {
+            if n > 1 {
+                c.duplicates.insert(d.to_string());
+            }
+        }
+        // AWS: the baseline revokes 22 from the instances' groups (recorded, restored at the
+        // end); every other foreign rule must stay byte for byte.
+        for (k, v) in foreign {
+            let revocable = k.contains("\"tcp\", 22, 22");
+            if !revocable && snapshot_now.get(k) != Some(v) {
+                c.foreign_changed.insert(k.clone());
+            }
+        }
+        for k in snapshot_now.keys() {
+            if !foreign.contains_key(k) {
+                c.foreign_changed.insert(k.clone());
             }
         }
     }
-    for (d, n) in dup {
-        if n > 1 {
-            c.duplicates.insert(d.to_string());
-        }
-    }
-    // AWS: the baseline revokes 22 from the instances' groups (recorded, restored at the
-    // end); every other foreign rule must stay byte for byte.
-    for (k, v) in foreign {
-        let revocable = k.contains("\"tcp\", 22, 22");
-        if !revocable && snapshot_now.get(k) != Some(v) {
-            c.foreign_changed.insert(k.clone());
-        }
-    }
-    for k in snapshot_now.keys() {
-        if !foreign.contains_key(k) {
-            c.foreign_changed.insert(k.clone());
-        }
-    }
-    drop(c);
     // Requests not final 10 s after their expiry (outages excused).
     let Ok(list) = w.requests.list(&Default::default()).await else {
         return;
@@ -434,7 +438,7 @@ async fn chaos_reduced_run_keeps_every_invariant() {
     let cycles_n = env_num("PORTCULLIS_CHAOS_CYCLES", 100) as usize;
     let kills_n = env_num("PORTCULLIS_CHAOS_KILLS", 3) as usize;
     let started = Instant::now();
-    let mut w = ChaosWorld::new().await;
+    let w = ChaosWorld::new().await;
     let original_aws: Vec<_> = {
         let mut v = Vec::new();
         for vm in &w.aws_vms {
@@ -444,9 +448,11 @@ async fn chaos_reduced_run_keeps_every_invariant() {
     };
     let foreign = w.foreign_snapshot().await;
     w.create_policies().await;
-    eventually("the three policies Ready", Duration::from_secs(90), || async {
-        w.all_ready().await.then_some(())
-    })
+    eventually(
+        "the three policies Ready",
+        Duration::from_secs(90),
+        || async { w.all_ready().await.then_some(()) },
+    )
     .await;
 
     // Cloud faults from here on.
@@ -483,8 +489,8 @@ async fn chaos_reduced_run_keeps_every_invariant() {
         })
     };
 
-    // Cycles: one every ~0.8 s; each lives 10–20 s, a third revoked early, a sixth deleted.
-    let spacing = Duration::from_millis(800);
+    // Cycles: one every ~0.6 s; each lives 10–20 s, a third revoked early, a sixth deleted.
+    let spacing = Duration::from_millis(600);
     let run_for = spacing * cycles_n as u32;
     let kill_times: BTreeSet<u64> = (0..kills_n)
         .map(|_| rand::random_range(5_000..run_for.as_millis().max(6_000) as u64))
@@ -578,9 +584,7 @@ async fn chaos_reduced_run_keeps_every_invariant() {
 
     // The end: faults off, every request and policy deleted; nothing of ours may remain,
     // and what the baseline revoked must be back.
-    let w = Arc::try_unwrap(w)
-        .ok()
-        .expect("no other user of the world");
+    let w = Arc::try_unwrap(w).ok().expect("no other user of the world");
     w.proxy.set_chaos(None);
     w.arm.set_faults(ArmFaults::None);
     let names: Vec<String> = requests
@@ -631,9 +635,12 @@ async fn chaos_reduced_run_keeps_every_invariant() {
     };
     let mut c = counts.lock().unwrap().clone();
     c.orphans = w.orphans().await;
+    let mut restore_diffs = Vec::new();
     for (vm, before) in w.aws_vms.iter().zip(&original_aws) {
-        if &aws::ingress_summary(&w.ec2, &vm.group_id).await != before {
+        let after = aws::ingress_summary(&w.ec2, &vm.group_id).await;
+        if &after != before {
             c.not_restored += 1;
+            restore_diffs.push(format!("{}: before {before:?}, after {after:?}", vm.group_id));
         }
     }
     let report = format!(
@@ -641,6 +648,7 @@ async fn chaos_reduced_run_keeps_every_invariant() {
          allow rules alive past expiresAt + 2 s: {} (worst {:.1} s past expiry); during outages (no leader): {}\n\
          foreign rules changed: {}\nduplicate rules: {}\nrequests not final at expiry + 10 s: {}\n\
          orphans at the end: {}\nrevoked foreign rules not restored: {}\n\
+         not restored: {restore_diffs:?}\n\
          details: {:?}",
         started.elapsed().as_secs_f64(),
         w.proxy.injected(),
@@ -656,7 +664,11 @@ async fn chaos_reduced_run_keeps_every_invariant() {
         c
     );
     eprintln!("{report}");
-    assert!(gone, "policies and requests not gone after 90 s\n{report}\n{}", cleanup_logs());
+    assert!(
+        gone,
+        "policies and requests not gone after 90 s\n{report}\n{}",
+        cleanup_logs()
+    );
     let total = c.alive_past_expiry.len()
         + c.foreign_changed.len()
         + c.duplicates.len()
@@ -748,4 +760,3 @@ async fn forced_failover(w: &ChaosWorld, outages: &Mutex<Outages>) {
     }
     replicas[i].op.restart();
 }
-
