@@ -926,8 +926,14 @@ impl Bench {
                 last.duration_since(first).as_secs_f64()
             ),
             &[
-                ("lag expiresAt → rule revoked or its group deleted (proxy)".into(), l_text),
-                ("alive past expiresAt + 2 s (still open included)".into(), format!("{}", late + never)),
+                (
+                    "lag expiresAt → rule revoked or its group deleted (proxy)".into(),
+                    l_text,
+                ),
+                (
+                    "alive past expiresAt + 2 s (still open included)".into(),
+                    format!("{}", late + never),
+                ),
                 ("still open at the end".into(), format!("{never}")),
                 (
                     "lag expiresAt → phase Expired".into(),

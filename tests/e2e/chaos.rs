@@ -53,7 +53,8 @@ struct Counts {
     alive_past_expiry_in_outage: BTreeSet<String>,
     foreign_changed: BTreeSet<String>,
     duplicates: BTreeSet<String>,
-    not_final: BTreeSet<String>,
+    /// Request name → the phase it was seen in.
+    not_final: BTreeMap<String, String>,
     orphans: usize,
     not_restored: usize,
     worst_lag: f64,
@@ -428,7 +429,9 @@ async fn check_once(
                 .unwrap()
                 .overlaps(cy.created + cy.duration, now)
         {
-            c.not_final.insert(format!("{} ({phase:?})", cy.name));
+            c.not_final
+                .entry(cy.name.clone())
+                .or_insert_with(|| format!("{phase:?}"));
         }
     }
 }
@@ -640,7 +643,10 @@ async fn chaos_reduced_run_keeps_every_invariant() {
         let after = aws::ingress_summary(&w.ec2, &vm.group_id).await;
         if &after != before {
             c.not_restored += 1;
-            restore_diffs.push(format!("{}: before {before:?}, after {after:?}", vm.group_id));
+            restore_diffs.push(format!(
+                "{}: before {before:?}, after {after:?}",
+                vm.group_id
+            ));
         }
     }
     let report = format!(
