@@ -630,16 +630,16 @@ impl Bench {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let seen = self.seen.lock().unwrap();
-        let actives: Vec<Instant> = self
-            .burst_names
-            .iter()
-            .filter_map(|n| seen.at(n, Phase::Active))
-            .collect();
+        let actives: Vec<Instant> = {
+            let seen = self.seen.lock().unwrap();
+            self.burst_names
+                .iter()
+                .filter_map(|n| seen.at(n, Phase::Active))
+                .collect()
+        };
         let n_active = actives.len();
         let from_start: Vec<f64> = actives.iter().map(|a| diff(*a, t0)).collect();
         let last_active = actives.iter().max().copied();
-        drop(seen);
         let calls = self.proxy.timed_calls();
         let cpu = proc_stats(self.pid()).2 - cpu0;
         let writes: Vec<Instant> = calls
@@ -900,17 +900,17 @@ impl Bench {
                 None => late += 1,
             }
         }
-        let seen = self.seen.lock().unwrap();
-        let phase_lags: Vec<f64> = self
-            .burst_names
-            .iter()
-            .filter_map(|n| {
-                let exp = *seen.expires.get(n)?;
-                let at = seen.at(n, Phase::Expired)?;
-                Some(diff(at, instant_of(exp)))
-            })
-            .collect();
-        drop(seen);
+        let phase_lags: Vec<f64> = {
+            let seen = self.seen.lock().unwrap();
+            self.burst_names
+                .iter()
+                .filter_map(|n| {
+                    let exp = *seen.expires.get(n)?;
+                    let at = seen.at(n, Phase::Expired)?;
+                    Some(diff(at, instant_of(exp)))
+                })
+                .collect()
+        };
         let n_expired = phase_lags.len();
         let (l_json, l_text) = dist(lags);
         let (p_json, p_text) = dist(phase_lags);
@@ -1062,12 +1062,13 @@ impl Bench {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let burst_calls = self.arm.calls();
-        let seen = self.seen.lock().unwrap();
-        let actives: Vec<Instant> = req_names
-            .iter()
-            .filter_map(|n| seen.at(n, Phase::Active))
-            .collect();
-        drop(seen);
+        let actives: Vec<Instant> = {
+            let seen = self.seen.lock().unwrap();
+            req_names
+                .iter()
+                .filter_map(|n| seen.at(n, Phase::Active))
+                .collect()
+        };
         let n_active = actives.len();
         let last_active = actives.iter().max().copied();
         let (a_json, a_text) = dist(actives.iter().map(|a| diff(*a, t0)).collect());
