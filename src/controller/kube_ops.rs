@@ -66,33 +66,46 @@ pub(super) async fn add_finalizer(ctx: &Context, req: &AccessRequest) -> Result<
     Ok(())
 }
 
-/// Removes the request's finalizer.
+/// Removes the request's finalizer. The patch carries the resourceVersion it was made
+/// from (so a finalizer someone added meanwhile is never dropped); when the object moved
+/// on (typically: its status was just written from the same copy), it is read again and
+/// the patch retried, so a deleted request goes at once instead of at the next resync.
 pub(super) async fn remove_finalizer(
     ctx: &Context,
     req: &AccessRequest,
 ) -> Result<(), kube::Error> {
-    if !req.finalizers().iter().any(|f| f == FINALIZER) {
-        return Ok(());
-    }
     let api: Api<AccessRequest> = ctx.api(&req.namespace().unwrap_or_default());
-    let finalizers: Vec<&String> = req
-        .finalizers()
-        .iter()
-        .filter(|f| *f != FINALIZER)
-        .collect();
-    let patch =
-        json!({"metadata": {"finalizers": finalizers, "resourceVersion": req.resource_version()}});
-    match api
-        .patch(
-            &req.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(&patch),
-        )
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-        Err(e) => Err(e),
+    let mut current = req.clone();
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        if !current.finalizers().iter().any(|f| f == FINALIZER) {
+            return Ok(());
+        }
+        let finalizers: Vec<&String> = current
+            .finalizers()
+            .iter()
+            .filter(|f| *f != FINALIZER)
+            .collect();
+        let patch = json!({"metadata": {"finalizers": finalizers, "resourceVersion": current.resource_version()}});
+        match api
+            .patch(
+                &current.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await
+        {
+            Ok(_) => return Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 404 => return Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 409 && attempt < 3 => {
+                match api.get_opt(&current.name_any()).await? {
+                    Some(fresh) => current = fresh,
+                    None => return Ok(()),
+                }
+            }
+            Err(e) => return Err(e),
+        }
     }
 }
 

@@ -10,6 +10,10 @@ mod azure;
 mod azure_crash;
 mod azure_firewall;
 mod azure_never_left_open;
+// The chaos run fails today (its counts are not all 0: see BENCH.md and issue 11), so it
+// is built only by `scripts/chaos` (`--features chaos`), not by the test command.
+#[cfg(feature = "chaos")]
+mod chaos;
 mod cli;
 mod cloud_faults;
 mod crash;

@@ -77,6 +77,66 @@ struct State {
     tripped: Mutex<Option<String>>,
     injected: AtomicU64,
     seq: AtomicU64,
+    timed: Mutex<Vec<TimedCall>>,
+    chaos: Mutex<Option<Chaos>>,
+    hold: Mutex<Option<Trip>>,
+    writes_seen: AtomicU64,
+}
+
+/// One call as the proxy answered it, with when: for rates per second and for the
+/// moment a rule was revoked.
+#[derive(Clone, Debug)]
+pub struct TimedCall {
+    /// When the answer was sent (or the connection dropped).
+    pub at: std::time::Instant,
+    /// The EC2 action.
+    pub action: String,
+    /// The HTTP status answered (0: the connection was dropped without an answer).
+    pub status: u16,
+    /// The request's form parameters, for write actions only (e.g. the rule ids revoked).
+    pub params: String,
+}
+
+impl TimedCall {
+    /// The values of form parameters named `prefix.N` (e.g. `SecurityGroupRuleId`).
+    pub fn param_values(&self, prefix: &str) -> Vec<String> {
+        self.params
+            .split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .filter(|(k, _)| {
+                k.strip_prefix(prefix)
+                    .and_then(|rest| rest.strip_prefix('.'))
+                    .is_some_and(|n| n.chars().all(|c| c.is_ascii_digit()))
+            })
+            .map(|(_, v)| v.replace("%2F", "/").replace("%3A", ":"))
+            .collect()
+    }
+}
+
+/// Random cloud faults: each call fails with probability `rate`, in one of four ways
+/// picked at random: 503 `RequestLimitExceeded`, 500 `InternalError`, the connection
+/// reset without an answer, or the call held for `hold` and then dropped (a timeout).
+#[derive(Clone, Copy, Debug)]
+pub struct Chaos {
+    /// The share of calls that fail, 0.0 to 1.0.
+    pub rate: f64,
+    /// How long a "timeout" holds the call before dropping the connection.
+    pub hold: std::time::Duration,
+}
+
+struct Trip {
+    /// Which write (counted from when the trip was set, 1-based) trips.
+    nth: u64,
+    /// Told when the write arrives; the write is then held until `release` fires.
+    tripped: Option<tokio::sync::oneshot::Sender<()>>,
+    release: Option<tokio::sync::oneshot::Receiver<()>>,
+    counted_from: u64,
+}
+
+/// How the proxy answers one call when it fails it on purpose.
+enum Injected {
+    Answer(Response<Full<Bytes>>),
+    Drop,
 }
 
 /// The proxy; it runs until the test's runtime ends.
@@ -105,7 +165,7 @@ impl Ec2Proxy {
                 let (st, client, upstream) = (st.clone(), client.clone(), upstream.clone());
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| {
-                        forward(req, st.clone(), client.clone(), upstream.clone())
+                        answer(req, st.clone(), client.clone(), upstream.clone())
                     });
                     http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), svc)
@@ -200,6 +260,42 @@ impl Ec2Proxy {
     pub fn injected(&self) -> u64 {
         self.state.injected.load(Ordering::SeqCst)
     }
+
+    /// Every call answered so far with its time and status (see [`TimedCall`]).
+    pub fn timed_calls(&self) -> Vec<TimedCall> {
+        self.state.timed.lock().unwrap().clone()
+    }
+
+    /// Forgets the timed calls so far.
+    pub fn clear_timed(&self) {
+        self.state.timed.lock().unwrap().clear();
+    }
+
+    /// Fails calls at random from now on (`None`: stop); besides the other faults.
+    pub fn set_chaos(&self, chaos: Option<Chaos>) {
+        *self.state.chaos.lock().unwrap() = chaos;
+    }
+
+    /// Holds the `nth` write call from now on (1-based) without forwarding it: the first
+    /// receiver fires when it arrives (so the test can kill the operator mid-write); the
+    /// call is then dropped without an answer when the returned sender fires or is dropped.
+    pub fn trip_on_write(
+        &self,
+        nth: u64,
+    ) -> (
+        tokio::sync::oneshot::Receiver<()>,
+        tokio::sync::oneshot::Sender<()>,
+    ) {
+        let (tripped_tx, tripped_rx) = tokio::sync::oneshot::channel();
+        let (release_tx, release_rx) = tokio::sync::oneshot::channel();
+        *self.state.hold.lock().unwrap() = Some(Trip {
+            nth,
+            tripped: Some(tripped_tx),
+            release: Some(release_rx),
+            counted_from: self.state.writes_seen.load(Ordering::SeqCst),
+        });
+        (tripped_rx, release_tx)
+    }
 }
 
 /// The region a call is signed for (SigV4 credential scope).
@@ -228,8 +324,111 @@ fn ec2_error(status: u16, code: &str, message: &str) -> Response<Full<Bytes>> {
         .unwrap()
 }
 
-async fn forward(
+/// The dropped connection of a reset or a timeout (hyper closes the connection when the
+/// service fails).
+#[derive(Debug)]
+struct Dropped;
+
+impl std::fmt::Display for Dropped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("connection dropped by the test proxy")
+    }
+}
+
+impl std::error::Error for Dropped {}
+
+/// Answers one call: the chaos faults and the write trip first, then [`forward`]; every
+/// answer is logged with its time.
+async fn answer(
     req: Request<Incoming>,
+    st: Arc<State>,
+    client: Client<HttpConnector, Full<Bytes>>,
+    upstream: String,
+) -> Result<Response<Full<Bytes>>, Dropped> {
+    let (parts, body) = req.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let action = action_of(&body);
+    let write = WRITES.contains(&action.as_str());
+    let params = if write {
+        String::from_utf8_lossy(&body).into_owned()
+    } else {
+        String::new()
+    };
+    let log = |status: u16| {
+        st.timed.lock().unwrap().push(TimedCall {
+            at: std::time::Instant::now(),
+            action: action.clone(),
+            status,
+            params: params.clone(),
+        });
+    };
+    let result = match inject(&st, write).await {
+        Some(Injected::Answer(r)) => {
+            st.calls.lock().unwrap().push(action.clone());
+            Ok(r)
+        }
+        Some(Injected::Drop) => {
+            st.calls.lock().unwrap().push(action.clone());
+            Err(Dropped)
+        }
+        None => {
+            let req = Request::from_parts(parts, Full::new(body));
+            let Ok(r) = forward(req, st.clone(), client, upstream).await;
+            Ok(r)
+        }
+    };
+    log(result.as_ref().map(|r| r.status().as_u16()).unwrap_or(0));
+    result
+}
+
+/// The chaos fault or the write trip for this call, if any.
+async fn inject(st: &State, write: bool) -> Option<Injected> {
+    if write {
+        let n = st.writes_seen.fetch_add(1, Ordering::SeqCst) + 1;
+        let held = {
+            let mut trip = st.hold.lock().unwrap();
+            match trip.as_mut() {
+                Some(t) if n - t.counted_from == t.nth => {
+                    t.tripped.take().map(|tx| tx.send(()).ok());
+                    t.release.take()
+                }
+                _ => None,
+            }
+        };
+        if let Some(release) = held {
+            release.await.ok();
+            st.injected.fetch_add(1, Ordering::SeqCst);
+            return Some(Injected::Drop);
+        }
+    }
+    let chaos = *st.chaos.lock().unwrap();
+    let chaos = chaos.filter(|c| rand::random::<f64>() < c.rate)?;
+    st.injected.fetch_add(1, Ordering::SeqCst);
+    Some(match rand::random_range(0..4u8) {
+        0 => Injected::Answer(ec2_error(
+            503,
+            "RequestLimitExceeded",
+            "Request limit exceeded.",
+        )),
+        1 => Injected::Answer(ec2_error(
+            500,
+            "InternalError",
+            "An internal error has occurred.",
+        )),
+        2 => Injected::Drop,
+        _ => {
+            tokio::time::sleep(chaos.hold).await;
+            Injected::Drop
+        }
+    })
+}
+
+async fn forward(
+    req: Request<Full<Bytes>>,
     st: Arc<State>,
     client: Client<HttpConnector, Full<Bytes>>,
     upstream: String,

@@ -69,6 +69,15 @@ impl AwsBackend {
                     .with_initial_backoff(Duration::from_millis(100))
                     .with_max_backoff(Duration::from_secs(5)),
             )
+            // Without an attempt timeout a connection the cloud (or a proxy) holds open
+            // stalls the target's run, and its status, for as long as it is held (the
+            // chaos run's held calls); an attempt that takes this long is retried.
+            .timeout_config(
+                aws_config::timeout::TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_secs(3))
+                    .operation_attempt_timeout(Duration::from_secs(5))
+                    .build(),
+            )
             .load()
             .await;
         AwsBackend {
@@ -952,6 +961,8 @@ async fn revoke_rules(ec2: &Client, group: &str, ids: &[String]) -> Result<(), C
     const GONE: &[&str] = &[
         "InvalidSecurityGroupRuleId.NotFound",
         "InvalidPermission.NotFound",
+        // The group itself is gone, and its rules with it.
+        "InvalidGroup.NotFound",
     ];
     batch_or_each(ids.to_vec(), |batch| async move {
         let sent = ec2

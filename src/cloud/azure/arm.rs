@@ -80,8 +80,9 @@ pub struct Resource {
 pub struct ArmClient {
     pipeline: Pipeline,
     endpoint: Url,
-    /// ARM throttles per subscription and principal, not per call: after a 429 every
-    /// call of this client (clones share it) holds back until Retry-After has passed.
+    /// ARM throttles per subscription and principal, not per call: after a throttling
+    /// 429 every call of this client (clones share it) holds back until Retry-After has
+    /// passed. A busy resource's 429 (`RetryableError`) holds only its own call.
     hold_until: std::sync::Arc<std::sync::Mutex<Option<tokio::time::Instant>>>,
 }
 
@@ -315,8 +316,12 @@ impl ArmClient {
             if !again || attempt >= MAX_ATTEMPTS {
                 return Err(error);
             }
-            if let (true, Some(wait)) = (matches!(error, CloudError::Throttled { .. }), retry_after)
-            {
+            // ARM throttles per subscription: then every call of this client holds. A busy
+            // resource's 429 (`RetryableError`) concerns that resource alone: only this
+            // call waits (holding every call made one busy NSG delay all expiries).
+            let subscription_throttled =
+                matches!(&error, CloudError::Throttled { code, .. } if code != "RetryableError");
+            if let (true, Some(wait)) = (subscription_throttled, retry_after) {
                 let until = tokio::time::Instant::now() + wait;
                 let mut hold = self.hold_until.lock().unwrap_or_else(|e| e.into_inner());
                 *hold = Some(hold.map_or(until, |h| h.max(until)));

@@ -36,6 +36,14 @@ pub enum Faults {
     },
     /// Every `n`th call gets 500 `InternalServerError`.
     ServerErrorEvery(u64),
+    /// Each call fails with probability `percent` / 100, by turns at random as 429
+    /// `SubscriptionRequestsThrottled` (with `Retry-After: retry_after_secs`) or 500.
+    Random {
+        /// The share of calls that fail, in percent.
+        percent: u32,
+        /// The `Retry-After` value of the 429s, in seconds.
+        retry_after_secs: u64,
+    },
 }
 
 /// Emulator settings, fixed at start.

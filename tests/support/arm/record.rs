@@ -91,6 +91,13 @@ impl Recorder {
             Faults::ServerErrorEvery(every) if every > 0 && n.is_multiple_of(every) => {
                 Injected::ServerError
             }
+            Faults::Random {
+                percent,
+                retry_after_secs,
+            } if rand::random_range(0..100u32) < percent => match rand::random::<bool>() {
+                true => Injected::Throttle { retry_after_secs },
+                false => Injected::ServerError,
+            },
             _ => return None,
         };
         self.injected += 1;
