@@ -759,14 +759,8 @@ async fn groups_are_adopted_exempted_and_replaced_only_when_they_are_ours() {
             .await
             .contains(&lookalike)
     );
-    w.ec2
-        .delete_security_group()
-        .group_id(&lookalike)
-        .send()
-        .await
-        .unwrap();
-
-    // A group attached by someone while the operator creates its own: kept.
+    // A group attached by someone while the operator creates its own: kept. (The hook
+    // is in place before the look-alike goes: the operator's next try may come at once.)
     let extra = w
         .ec2
         .create_security_group()
@@ -800,6 +794,12 @@ async fn groups_are_adopted_exempted_and_replaced_only_when_they_are_ours() {
             })
         }),
     );
+    w.ec2
+        .delete_security_group()
+        .group_id(&lookalike)
+        .send()
+        .await
+        .unwrap();
     w.phase("ssh", Phase::Active, MINUTE).await;
     let groups = aws::eni_groups(&w.ec2, &w.vm.eni_id).await;
     assert!(

@@ -71,11 +71,13 @@ impl AwsBackend {
             )
             // Without an attempt timeout a connection the cloud (or a proxy) holds open
             // stalls the target's run, and its status, for as long as it is held (the
-            // chaos run's held calls); an attempt that takes this long is retried.
+            // chaos run's held calls); an attempt that takes this long is retried. It
+            // must leave room for a slow page of a large account's listing (the scan's
+            // 1,000-interface pages take seconds on a busy moto).
             .timeout_config(
                 aws_config::timeout::TimeoutConfig::builder()
                     .connect_timeout(Duration::from_secs(3))
-                    .operation_attempt_timeout(Duration::from_secs(5))
+                    .operation_attempt_timeout(Duration::from_secs(20))
                     .build(),
             )
             .load()
