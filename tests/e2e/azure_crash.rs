@@ -262,7 +262,7 @@ async fn azure_a_crash_after_any_write_converges() {
     );
     let lives: Vec<(u64, Life)> = futures::stream::iter(1..=n)
         .map(|k| async move { (k, live(Some(k)).await) })
-        .buffer_unordered(4)
+        .buffer_unordered(2)
         .collect()
         .await;
     let lead = Duration::try_from(AZURE_CLOSE_LEAD).unwrap().as_secs_f64();

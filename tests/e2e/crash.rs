@@ -276,7 +276,7 @@ async fn a_crash_after_any_write_converges() {
     eprintln!("METRIC crash: {n} writes in a life: {:?}", clean.writes);
     let lives: Vec<(u64, Life)> = futures::stream::iter(1..=n)
         .map(|k| async move { (k, live(Some(k)).await) })
-        .buffer_unordered(4)
+        .buffer_unordered(2)
         .collect()
         .await;
     let mut worst: f64 = clean.closed_after_expiry;

@@ -4,7 +4,6 @@
 //! proxy forwards every call to moto, remembers each call's `Action`, and on demand
 //! answers some calls itself with an EC2 error instead.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -375,11 +374,7 @@ async fn answer(
             st.calls.lock().unwrap().push(action.clone());
             Err(Dropped)
         }
-        None => {
-            let req = Request::from_parts(parts, Full::new(body));
-            let Ok(r) = forward(req, st.clone(), client, upstream).await;
-            Ok(r)
-        }
+        None => Ok(forward(parts, body, &action, st.clone(), client, upstream).await),
     };
     log(result.as_ref().map(|r| r.status().as_u16()).unwrap_or(0));
     result
@@ -427,19 +422,17 @@ async fn inject(st: &State, write: bool) -> Option<Injected> {
     })
 }
 
+/// Forwards a call [`answer`] has read (its `action` parsed from `body`) to moto, unless
+/// a hook, delay, refusal or fault says otherwise.
 async fn forward(
-    req: Request<Full<Bytes>>,
+    parts: hyper::http::request::Parts,
+    body: Bytes,
+    action: &str,
     st: Arc<State>,
     client: Client<HttpConnector, Full<Bytes>>,
     upstream: String,
-) -> Result<Response<Full<Bytes>>, Infallible> {
-    let (parts, body) = req.into_parts();
-    let body = body
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
-    let action = action_of(&body);
+) -> Response<Full<Bytes>> {
+    let action = action.to_string();
     st.calls.lock().unwrap().push(action.clone());
     let n = st.seq.fetch_add(1, Ordering::SeqCst) + 1;
     let hook = {
@@ -463,20 +456,17 @@ async fn forward(
     if let Some(d) = delay {
         tokio::time::sleep(d).await;
     }
+    let matches = |r: &Refuse| {
+        r.action.is_none_or(|a| a == action)
+            && r.region.is_none_or(|g| Some(g) == region.as_deref())
+    };
     let refusal = st
         .refusals
         .lock()
         .unwrap()
         .iter()
-        .find(|r| {
-            r.action.is_none_or(|a| a == action)
-                && r.region.is_none_or(|g| Some(g) == region.as_deref())
-        })
+        .find(|r| matches(r))
         .cloned();
-    let matches = |r: &Refuse| {
-        r.action.is_none_or(|a| a == action)
-            && r.region.is_none_or(|g| Some(g) == region.as_deref())
-    };
     let refusal = refusal.or_else(|| {
         let mut counted = st.counted.lock().unwrap();
         let i = counted
@@ -487,25 +477,17 @@ async fn forward(
     });
     if let Some(r) = refusal {
         st.injected.fetch_add(1, Ordering::SeqCst);
-        return Ok(ec2_error(r.status, r.code, "refused by the test proxy"));
+        return ec2_error(r.status, r.code, "refused by the test proxy");
     }
     let faults = *st.faults.lock().unwrap();
     match faults {
         Faults::ThrottleEvery(k) if k > 0 && n.is_multiple_of(k) => {
             st.injected.fetch_add(1, Ordering::SeqCst);
-            return Ok(ec2_error(
-                503,
-                "RequestLimitExceeded",
-                "Request limit exceeded.",
-            ));
+            return ec2_error(503, "RequestLimitExceeded", "Request limit exceeded.");
         }
         Faults::ServerErrorEvery(k) if k > 0 && n.is_multiple_of(k) => {
             st.injected.fetch_add(1, Ordering::SeqCst);
-            return Ok(ec2_error(
-                500,
-                "InternalError",
-                "An internal error has occurred.",
-            ));
+            return ec2_error(500, "InternalError", "An internal error has occurred.");
         }
         _ => {}
     }
@@ -535,9 +517,9 @@ async fn forward(
             if WRITES.contains(&action.as_str()) && parts.status.is_success() {
                 trip(&st, &action).await;
             }
-            Ok(Response::from_parts(parts, Full::new(body)))
+            Response::from_parts(parts, Full::new(body))
         }
-        Err(e) => Ok(ec2_error(502, "ProxyError", &e.to_string())),
+        Err(e) => ec2_error(502, "ProxyError", &e.to_string()),
     }
 }
 
