@@ -1294,12 +1294,11 @@ async fn main() {
     let ca = tb.dir.join("arm-ca.pem");
     std::fs::write(&ca, &arm.ca_pem).unwrap();
     let ca = ca.display().to_string();
-    let port = support::process::free_port();
     let webhook = vec![
         "--webhook-listen".to_string(),
-        format!("127.0.0.1:{port}"),
+        "127.0.0.1:0".to_string(),
         "--webhook-url".into(),
-        format!("https://127.0.0.1:{port}"),
+        "https://127.0.0.1:0".to_string(),
         "--webhook-config-name".into(),
         format!("portcullis-{NS}"),
     ];

@@ -32,7 +32,8 @@ impl Readiness {
 /// Serves the endpoints on `addr` until the process ends.
 pub async fn serve(addr: SocketAddr, ready: Readiness) -> std::io::Result<()> {
     let listener = TcpListener::bind(addr).await?;
-    info!(%addr, "serving /metrics, /healthz and /readyz");
+    // The bound address: with port 0 the system picks one, and this line names it.
+    info!(addr = %listener.local_addr()?, "serving /metrics, /healthz and /readyz");
     loop {
         let (stream, _) = listener.accept().await?;
         let ready = ready.clone();

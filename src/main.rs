@@ -78,7 +78,9 @@ struct RunArgs {
     webhook_listen: SocketAddr,
     /// The URL the API server calls for admission (outside a cluster, e.g.
     /// https://127.0.0.1:9443). Without it the webhook configurations point at the
-    /// Service named by --webhook-service.
+    /// Service named by --webhook-service. Port 0 (e.g. https://127.0.0.1:0, with
+    /// --webhook-listen 127.0.0.1:0) stands for the port the webhook was given when it
+    /// bound: nothing can take it between choosing and binding.
     #[arg(long)]
     webhook_url: Option<String>,
     /// The operator's Service in --operator-namespace (port 443) that fronts the webhook.
@@ -401,11 +403,11 @@ async fn start_webhook(
         None => None,
     };
     let tls = serving.server_config_for_clients(client_ca.as_deref())?;
-    let server = webhook::serve(args.webhook_listen, tls, admission, limits).await?;
+    let (server, bound) = webhook::serve(args.webhook_listen, tls, admission, limits).await?;
     let ca = serving.ca();
     let registration = Registration {
         name: args.webhook_config_name.clone(),
-        endpoint,
+        endpoint: endpoint.with_bound_port(bound.port()),
         ca_pem: ca.borrow().clone(),
         namespace: settings.namespace.clone(),
     };

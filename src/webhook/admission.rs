@@ -94,15 +94,24 @@ impl Admission {
             .as_ref()
             .and_then(|a| a.get(ANNOTATION))
             == Some(&value);
-        if unchanged {
+        let mut ops = Vec::new();
+        if !unchanged {
+            ops.push(if obj.metadata.annotations.is_none() {
+                serde_json::json!({"op": "add", "path": "/metadata/annotations", "value": {ANNOTATION: value}})
+            } else {
+                serde_json::json!({"op": "add", "path": format!("/metadata/annotations/{}", ANNOTATION.replace('~', "~0").replace('/', "~1")), "value": value})
+            });
+        }
+        // The finalizer comes with the request, so that the run that opens its port
+        // need not add it first (a write to the API server per opening request).
+        if req.operation == Operation::Create {
+            ops.extend(finalizer_op(obj));
+        }
+        if ops.is_empty() {
             return resp;
         }
-        let patch = if obj.metadata.annotations.is_none() {
-            serde_json::json!([{"op": "add", "path": "/metadata/annotations", "value": {ANNOTATION: value}}])
-        } else {
-            serde_json::json!([{"op": "add", "path": format!("/metadata/annotations/{}", ANNOTATION.replace('~', "~0").replace('/', "~1")), "value": value}])
-        };
-        let patch: json_patch::Patch = serde_json::from_value(patch).expect("a valid JSON patch");
+        let patch: json_patch::Patch =
+            serde_json::from_value(serde_json::Value::Array(ops)).expect("a valid JSON patch");
         match resp.clone().with_patch(patch) {
             Ok(r) => r,
             Err(e) => resp.deny(format!("cannot stamp the requester: {e}")),
@@ -307,6 +316,20 @@ fn sent_by_the_api_server(
     Ok(())
 }
 
+/// The patch operation that adds the operator's finalizer, unless the object has it.
+fn finalizer_op(obj: &DynamicObject) -> Option<serde_json::Value> {
+    let finalizer = crate::controller::FINALIZER;
+    match &obj.metadata.finalizers {
+        None => Some(
+            serde_json::json!({"op": "add", "path": "/metadata/finalizers", "value": [finalizer]}),
+        ),
+        Some(f) if f.iter().any(|x| x == finalizer) => None,
+        Some(_) => Some(
+            serde_json::json!({"op": "add", "path": "/metadata/finalizers/-", "value": finalizer}),
+        ),
+    }
+}
+
 /// An update that tries to add a stamp the object never had: drop it.
 fn remove_stamp(resp: AdmissionResponse, obj: &DynamicObject) -> AdmissionResponse {
     let has = obj
@@ -425,5 +448,47 @@ mod tests {
         let r = review(request(serde_json::json!({"namespace": "ns"})));
         let resp = stamp_of(r);
         assert!(!resp.allowed && resp.result.message.contains("metadata.name"));
+    }
+
+    /// The patch's operations on `/metadata/finalizers`.
+    fn finalizer_ops(resp: &AdmissionResponse) -> Vec<serde_json::Value> {
+        let patch: serde_json::Value =
+            serde_json::from_slice(resp.patch.as_ref().expect("a patch")).unwrap();
+        patch
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|op| {
+                op["path"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("/metadata/finalizers")
+            })
+            .cloned()
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_new_request_comes_with_the_finalizer() {
+        let f = crate::controller::FINALIZER;
+        let resp = stamp_of(review(request(
+            serde_json::json!({"name": "r", "namespace": "ns"}),
+        )));
+        assert_eq!(
+            finalizer_ops(&resp),
+            vec![serde_json::json!({"op": "add", "path": "/metadata/finalizers", "value": [f]})]
+        );
+        // Beside the user's own finalizers; once only.
+        let resp = stamp_of(review(request(
+            serde_json::json!({"name": "r", "namespace": "ns", "finalizers": ["example.com/keep"]}),
+        )));
+        assert_eq!(
+            finalizer_ops(&resp),
+            vec![serde_json::json!({"op": "add", "path": "/metadata/finalizers/-", "value": f})]
+        );
+        let resp = stamp_of(review(request(
+            serde_json::json!({"name": "r", "namespace": "ns", "finalizers": [f]}),
+        )));
+        assert!(finalizer_ops(&resp).is_empty());
     }
 }

@@ -65,59 +65,61 @@ impl Default for Limits {
     }
 }
 
-/// Serves admission on `addr` with `tls` until the process ends. Returns once listening.
+/// Serves admission on `addr` with `tls` until the process ends. Returns once listening,
+/// with the address bound (its port is the system's pick when `addr` asks for port 0).
 pub async fn serve(
     addr: SocketAddr,
     tls: Arc<tokio_rustls::rustls::ServerConfig>,
     admission: Arc<Admission>,
     limits: Limits,
-) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+) -> anyhow::Result<(tokio::task::JoinHandle<()>, SocketAddr)> {
     let listener = TcpListener::bind(addr).await?;
-    info!(addr = %listener.local_addr()?, "admission webhook listening");
+    let bound = listener.local_addr()?;
+    info!(addr = %bound, "admission webhook listening");
     let acceptor = TlsAcceptor::from(tls);
-    Ok(tokio::spawn(async move {
-        loop {
-            let Ok((stream, peer)) = listener.accept().await else {
-                continue;
-            };
-            let (acceptor, admission) = (acceptor.clone(), admission.clone());
-            tokio::spawn(async move {
-                let stream = match tokio::time::timeout(
-                    limits.read_timeout,
-                    acceptor.accept(stream),
-                )
-                .await
-                {
-                    Ok(Ok(s)) => s,
-                    Ok(Err(e)) => {
-                        warn!(%peer, error = %e, "TLS handshake failed");
-                        return;
-                    }
-                    Err(_) => {
-                        warn!(%peer, "TLS handshake not finished in time: closed");
-                        return;
-                    }
+    let server =
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, peer)) = listener.accept().await else {
+                    continue;
                 };
-                let svc = service_fn(move |req| handle(req, admission.clone(), limits));
-                // One request per connection: an idle keep-alive connection would either
-                // be held open by anyone for free, or be closed by us just as the API
-                // server reuses it (a POST it cannot retry). A handshake per admission
-                // call costs a millisecond or two.
-                let conn = http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(limits.read_timeout)
-                    .keep_alive(false)
-                    .serve_connection(TokioIo::new(stream), svc);
-                // The handshake, headers and body are each bounded; this bounds the whole,
-                // answer included.
-                match tokio::time::timeout(limits.read_timeout * 4, conn).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => debug!(%peer, error = %e, "webhook connection closed"),
-                    Err(_) => warn!(%peer, "webhook connection took too long: closed"),
-                }
-            });
-        }
-    }))
+                let (acceptor, admission) = (acceptor.clone(), admission.clone());
+                tokio::spawn(async move {
+                    let stream =
+                        match tokio::time::timeout(limits.read_timeout, acceptor.accept(stream))
+                            .await
+                        {
+                            Ok(Ok(s)) => s,
+                            Ok(Err(e)) => {
+                                warn!(%peer, error = %e, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => {
+                                warn!(%peer, "TLS handshake not finished in time: closed");
+                                return;
+                            }
+                        };
+                    let svc = service_fn(move |req| handle(req, admission.clone(), limits));
+                    // One request per connection: an idle keep-alive connection would either
+                    // be held open by anyone for free, or be closed by us just as the API
+                    // server reuses it (a POST it cannot retry). A handshake per admission
+                    // call costs a millisecond or two.
+                    let conn = http1::Builder::new()
+                        .timer(TokioTimer::new())
+                        .header_read_timeout(limits.read_timeout)
+                        .keep_alive(false)
+                        .serve_connection(TokioIo::new(stream), svc);
+                    // The handshake, headers and body are each bounded; this bounds the whole,
+                    // answer included.
+                    match tokio::time::timeout(limits.read_timeout * 4, conn).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => debug!(%peer, error = %e, "webhook connection closed"),
+                        Err(_) => warn!(%peer, "webhook connection took too long: closed"),
+                    }
+                });
+            }
+        });
+    Ok((server, bound))
 }
 
 async fn handle(

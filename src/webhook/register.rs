@@ -57,6 +57,23 @@ pub enum Endpoint {
     },
 }
 
+impl Endpoint {
+    /// The endpoint with port 0 in a URL's authority (`https://127.0.0.1:0/...`) replaced
+    /// by `port`, the port the webhook bound; any other endpoint as it is.
+    pub fn with_bound_port(self, port: u16) -> Endpoint {
+        let Endpoint::Url(url) = &self else {
+            return self;
+        };
+        let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+        let end = rest.find('/').unwrap_or(rest.len());
+        let (authority, path) = rest.split_at(end);
+        match authority.strip_suffix(":0") {
+            Some(host) => Endpoint::Url(format!("{scheme}://{host}:{port}{path}")),
+            None => self,
+        }
+    }
+}
+
 /// What to register.
 #[derive(Clone, Debug)]
 pub struct Registration {
@@ -260,4 +277,42 @@ pub async fn patch_ca(
         0 => CaPatch::Current,
         n => CaPatch::Patched(n),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Endpoint;
+
+    fn url(e: Endpoint) -> String {
+        match e {
+            Endpoint::Url(u) => u,
+            other => panic!("not a URL: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn port_zero_in_a_url_becomes_the_bound_port() {
+        let bound = |u: &str| url(Endpoint::Url(u.into()).with_bound_port(40123));
+        assert_eq!(bound("https://127.0.0.1:0"), "https://127.0.0.1:40123");
+        assert_eq!(bound("https://127.0.0.1:0/"), "https://127.0.0.1:40123/");
+        assert_eq!(bound("https://[::1]:0/hooks"), "https://[::1]:40123/hooks");
+        // A port the user chose stays, even one ending in 0.
+        assert_eq!(bound("https://127.0.0.1:9440"), "https://127.0.0.1:9440");
+        assert_eq!(bound("https://127.0.0.1"), "https://127.0.0.1");
+        assert_eq!(
+            bound("https://host.example/x:0"),
+            "https://host.example/x:0"
+        );
+    }
+
+    #[test]
+    fn a_service_endpoint_keeps_its_port() {
+        let e = Endpoint::Service {
+            namespace: "ns".into(),
+            name: "svc".into(),
+            port: 443,
+        }
+        .with_bound_port(1);
+        assert!(matches!(e, Endpoint::Service { port: 443, .. }));
+    }
 }

@@ -54,12 +54,11 @@ impl World {
         proxy.set_faults(faults);
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         let operator = if webhook {
-            let port = crate::support::process::free_port();
             let mut args = vec![
                 "--webhook-listen".to_string(),
-                format!("127.0.0.1:{port}"),
+                "127.0.0.1:0".to_string(),
                 "--webhook-url".into(),
-                format!("https://127.0.0.1:{port}"),
+                "https://127.0.0.1:0".to_string(),
                 "--webhook-config-name".into(),
                 format!("portcullis-{ns}"),
             ];

@@ -177,12 +177,11 @@ impl ChaosWorld {
     /// A replica serving the webhook on its own port; the leader registers its URL.
     fn start_replica(&self, pod: &str, ca: &str) -> Operator {
         let tb = Testbed::shared();
-        let port = crate::support::process::free_port();
         let args = vec![
             "--webhook-listen".to_string(),
-            format!("127.0.0.1:{port}"),
+            "127.0.0.1:0".to_string(),
             "--webhook-url".into(),
-            format!("https://127.0.0.1:{port}"),
+            "https://127.0.0.1:0".to_string(),
             "--webhook-config-name".into(),
             format!("portcullis-{}", self.ns),
         ];

@@ -468,13 +468,12 @@ async fn identity_webhook_serves_certificates_from_cert_manager() {
     ] {
         std::fs::write(dir.join(file), pem).unwrap();
     }
-    let port = crate::support::process::free_port();
     let config = format!("portcullis-{ns}");
     let args = vec![
         "--webhook-listen".to_string(),
-        format!("127.0.0.1:{port}"),
+        "127.0.0.1:0".to_string(),
         "--webhook-url".into(),
-        format!("https://127.0.0.1:{port}"),
+        "https://127.0.0.1:0".to_string(),
         "--webhook-config-name".into(),
         config.clone(),
         "--webhook-cert-dir".into(),

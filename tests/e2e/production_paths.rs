@@ -34,7 +34,6 @@ async fn a_cluster_wide_operator_serves_namespaces_made_with_kubectl() {
     );
 
     let ec2 = aws::client(&tb.moto_url);
-    let port = crate::support::process::free_port();
     let _op = Operator::start_with(
         &tb,
         "portcullis-system",
@@ -45,9 +44,9 @@ async fn a_cluster_wide_operator_serves_namespaces_made_with_kubectl() {
             "--cluster-name".into(),
             "cluster-wide".into(),
             "--webhook-listen".into(),
-            format!("127.0.0.1:{port}"),
+            "127.0.0.1:0".to_string(),
             "--webhook-url".into(),
-            format!("https://127.0.0.1:{port}"),
+            "https://127.0.0.1:0".to_string(),
             "--webhook-config-name".into(),
             "portcullis".into(),
         ],
@@ -114,7 +113,6 @@ async fn a_namespace_scoped_operator_in_a_namespace_made_with_kubectl() {
 
     let ec2 = aws::client(&tb.moto_url);
     let vm = aws::instance(&ec2).await;
-    let port = crate::support::process::free_port();
     let _op = Operator::start_with(
         tb,
         &ns,
@@ -122,9 +120,9 @@ async fn a_namespace_scoped_operator_in_a_namespace_made_with_kubectl() {
         "2s",
         vec![
             "--webhook-listen".into(),
-            format!("127.0.0.1:{port}"),
+            "127.0.0.1:0".to_string(),
             "--webhook-url".into(),
-            format!("https://127.0.0.1:{port}"),
+            "https://127.0.0.1:0".to_string(),
             "--webhook-config-name".into(),
             format!("portcullis-{ns}"),
         ],

@@ -21,7 +21,6 @@ use tokio_rustls::rustls::{ClientConfig, RootCertStore};
 
 use crate::support::kube_helpers::{eventually, namespace, wait_for_webhook};
 use crate::support::operator::Operator;
-use crate::support::process::free_port;
 use crate::support::testbed::{ADMIN, Testbed};
 
 const READ_TIMEOUT: Duration = Duration::from_secs(2);
@@ -71,12 +70,11 @@ async fn serve_with(prefix: &str, extra: &[String]) -> Served {
     std::fs::create_dir_all(&dir).unwrap();
     let cert = portcullis::certs::serving_cert("generation-1", &["127.0.0.1"]).unwrap();
     mount(&dir, 1, &cert);
-    let port = free_port();
     let args = vec![
         "--webhook-listen".to_string(),
-        format!("127.0.0.1:{port}"),
+        "127.0.0.1:0".to_string(),
         "--webhook-url".into(),
-        format!("https://127.0.0.1:{port}"),
+        "https://127.0.0.1:0".to_string(),
         "--webhook-config-name".into(),
         format!("portcullis-{ns}"),
         "--webhook-cert-dir".into(),
@@ -91,7 +89,7 @@ async fn serve_with(prefix: &str, extra: &[String]) -> Served {
     wait_for_webhook(&client, &ns).await;
     Served {
         ns,
-        port,
+        port: operator.webhook_port.expect("the webhook's port"),
         dir,
         ca_pem: cert.ca_pem,
         cert_pem: cert.cert_pem,

@@ -4,7 +4,7 @@
 use std::process::{Child, Command};
 use std::time::Duration;
 
-use super::process::{free_port, spawn_bound, wait_for_port};
+use super::process::{NotListening, spawn_bound, wait_listening};
 use super::testbed::Testbed;
 
 /// A running moto server; killed when dropped or when the test's thread ends.
@@ -15,18 +15,21 @@ pub struct Moto {
 }
 
 impl Moto {
-    /// Starts moto's EC2 server from the test bed's virtualenv on a free loopback port.
+    /// Starts moto's EC2 server from the test bed's virtualenv on a loopback port it
+    /// picks (port 0; /proc tells which).
     pub fn start(tb: &Testbed, name: &str) -> Moto {
-        let port = free_port();
         let log = tb.dir.join(format!("moto-{name}.log"));
-        let child = spawn_bound(
+        let mut child = spawn_bound(
             Command::new(&tb.bins.moto_server)
-                .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+                .args(["-H", "127.0.0.1", "-p", "0"])
                 .env("MOTO_ALLOW_NONEXISTENT_REGION", "true"),
             &log,
         )
         .expect("start moto");
-        wait_for_port("moto", port, Duration::from_secs(30), &log).expect("moto listens");
+        let port = match wait_listening("moto", &mut child, None, Duration::from_secs(30), &log) {
+            Ok(port) => port,
+            Err(NotListening::Exited(why) | NotListening::TimedOut(why)) => panic!("{why}"),
+        };
         Moto {
             url: format!("http://127.0.0.1:{port}"),
             child,

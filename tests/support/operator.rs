@@ -26,8 +26,51 @@ pub struct Operator {
     envs: Vec<(String, String)>,
     log: PathBuf,
     starts: u32,
-    /// Where the operator serves /metrics, /healthz and /readyz.
+    /// Where the operator serves /metrics, /healthz and /readyz (learned from its log
+    /// at each start; empty if it never served).
     pub metrics_url: String,
+    /// The port its admission webhook bound, when it serves one.
+    pub webhook_port: Option<u16>,
+}
+
+/// What the operator logs when it has bound its metrics server and its webhook (with
+/// `addr=` the address it bound).
+const METRICS_LINE: &str = "serving /metrics, /healthz and /readyz";
+const WEBHOOK_LINE: &str = "admission webhook listening";
+
+/// The arguments that serve and register the admission webhook on a loopback port the
+/// operator picks when it binds (port 0, also in the URL it registers): nothing can take
+/// the port between choosing and binding.
+pub fn webhook_args(config_name: &str) -> Vec<String> {
+    vec![
+        "--webhook-listen".to_string(),
+        "127.0.0.1:0".into(),
+        "--webhook-url".into(),
+        "https://127.0.0.1:0".into(),
+        "--webhook-config-name".into(),
+        config_name.into(),
+    ]
+}
+
+/// Sets `flag`'s value in `args` (`--flag value` or `--flag=value`), if it is there.
+fn set_flag(args: &mut [String], flag: &str, value: &str) {
+    let eq = format!("{flag}=");
+    if let Some(i) = args.iter().position(|a| a == flag) {
+        if let Some(v) = args.get_mut(i + 1) {
+            *v = value.to_string();
+        }
+    } else if let Some(a) = args.iter_mut().find(|a| a.starts_with(&eq)) {
+        *a = format!("{eq}{value}");
+    }
+}
+
+/// `flag`'s value in `args`.
+fn flag_value<'a>(args: &'a [String], flag: &str) -> Option<&'a str> {
+    let eq = format!("{flag}=");
+    match args.iter().position(|a| a == flag) {
+        Some(i) => args.get(i + 1).map(String::as_str),
+        None => args.iter().find_map(|a| a.strip_prefix(eq.as_str())),
+    }
 }
 
 impl Operator {
@@ -45,15 +88,7 @@ impl Operator {
         resync: &str,
         env: &[(&str, &str)],
     ) -> Operator {
-        let port = super::process::free_port();
-        let webhook = vec![
-            "--webhook-listen".to_string(),
-            format!("127.0.0.1:{port}"),
-            "--webhook-url".into(),
-            format!("https://127.0.0.1:{port}"),
-            "--webhook-config-name".into(),
-            format!("portcullis-{namespace}"),
-        ];
+        let webhook = webhook_args(&format!("portcullis-{namespace}"));
         Self::start_with(tb, namespace, aws_url, resync, webhook, env)
     }
 
@@ -94,7 +129,6 @@ impl Operator {
         extra: Vec<String>,
         env: &[(&str, &str)],
     ) -> Operator {
-        let metrics_port = super::process::free_port();
         let mut args = vec![
             "run".to_string(),
             "--kubeconfig".into(),
@@ -106,7 +140,7 @@ impl Operator {
             "--cluster-name".into(),
             namespace.into(),
             "--metrics-listen".into(),
-            format!("127.0.0.1:{metrics_port}"),
+            "127.0.0.1:0".into(),
             "--operator-namespace".into(),
             namespace.into(),
             "--lease-duration".into(),
@@ -150,21 +184,21 @@ impl Operator {
                 SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
             })),
             starts: 0,
-            metrics_url: format!("http://127.0.0.1:{metrics_port}"),
+            metrics_url: String::new(),
+            webhook_port: None,
         };
         op.restart();
         op
     }
 
     /// Starts `program` with exactly `args` and `envs` (e.g. the container of a rendered
-    /// Deployment); `metrics_url` is where its `--metrics-listen` serves.
+    /// Deployment; give its listen addresses port 0, see [`Operator::restart`]).
     pub fn start_exact(
         tb: &Testbed,
         label: &str,
         program: PathBuf,
         args: Vec<String>,
         envs: Vec<(String, String)>,
-        metrics_url: String,
     ) -> Operator {
         let mut op = Operator {
             child: None,
@@ -173,22 +207,99 @@ impl Operator {
             envs,
             log: tb.dir.join(format!("operator-{label}.log")),
             starts: 0,
-            metrics_url,
+            metrics_url: String::new(),
+            webhook_port: None,
         };
         op.restart();
         op
     }
 
-    /// Starts the process again (after [`Operator::kill`]).
+    /// Starts the process again (after [`Operator::kill`]), and waits until it has bound
+    /// its ports (or exited). Listen addresses given with port 0 get whatever port is
+    /// free, learned from the log; a restart binds the same ports again, as a pod keeps
+    /// its address, and falls back to port 0 if another process took one meanwhile.
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "operator still running");
-        self.starts += 1;
-        let log = self.log.with_extension(format!("{}.log", self.starts));
-        let mut cmd = Command::new(&self.program);
-        cmd.args(&self.args)
-            .envs(self.envs.iter().map(|(k, v)| (k, v)));
-        super::process::watch_log("portcullis", &log);
-        self.child = Some(spawn_bound(&mut cmd, &log).expect("start portcullis"));
+        for _ in 0..3 {
+            self.starts += 1;
+            let log = self.log.with_extension(format!("{}.log", self.starts));
+            let mut cmd = Command::new(&self.program);
+            cmd.args(&self.args)
+                .envs(self.envs.iter().map(|(k, v)| (k, v)));
+            super::process::watch_log("portcullis", &log);
+            self.child = Some(spawn_bound(&mut cmd, &log).expect("start portcullis"));
+            if !self.learn_ports(&log) {
+                return;
+            }
+        }
+    }
+
+    /// Waits for the lines naming the bound ports, and keeps them for restarts. True when
+    /// the process exited because a port it was told to bind was taken (the listen
+    /// addresses are then back at port 0, to start again).
+    fn learn_ports(&mut self, log: &std::path::Path) -> bool {
+        use super::process::logged_addr;
+        let webhook = flag_value(&self.args, "--webhook-listen").is_some()
+            && !self.args.iter().any(|a| a == "--no-webhook");
+        let start = std::time::Instant::now();
+        while start.elapsed() < std::time::Duration::from_secs(60) {
+            let metrics = logged_addr(log, METRICS_LINE);
+            let hook = logged_addr(log, WEBHOOK_LINE);
+            if let Some(m) = metrics
+                && (!webhook || hook.is_some())
+            {
+                self.pin_ports(m.port(), hook.map(|w| w.port()));
+                return false;
+            }
+            if self.exited().is_some() {
+                let taken = std::fs::read_to_string(log)
+                    .unwrap_or_default()
+                    .contains("Address already in use");
+                if taken {
+                    self.unpin_ports();
+                }
+                return taken;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        false
+    }
+
+    /// Remembers the ports bound, and binds them again on a restart.
+    fn pin_ports(&mut self, metrics: u16, webhook: Option<u16>) {
+        self.metrics_url = format!("http://127.0.0.1:{metrics}");
+        set_flag(
+            &mut self.args,
+            "--metrics-listen",
+            &format!("127.0.0.1:{metrics}"),
+        );
+        let Some(w) = webhook else { return };
+        self.webhook_port = Some(w);
+        set_flag(
+            &mut self.args,
+            "--webhook-listen",
+            &format!("127.0.0.1:{w}"),
+        );
+        if flag_value(&self.args, "--webhook-url") == Some("https://127.0.0.1:0") {
+            set_flag(
+                &mut self.args,
+                "--webhook-url",
+                &format!("https://127.0.0.1:{w}"),
+            );
+        }
+    }
+
+    /// Back to port 0 for what [`Operator::pin_ports`] pinned.
+    fn unpin_ports(&mut self) {
+        set_flag(&mut self.args, "--metrics-listen", "127.0.0.1:0");
+        if let Some(w) = self.webhook_port.take() {
+            set_flag(&mut self.args, "--webhook-listen", "127.0.0.1:0");
+            if flag_value(&self.args, "--webhook-url")
+                == Some(format!("https://127.0.0.1:{w}").as_str())
+            {
+                set_flag(&mut self.args, "--webhook-url", "https://127.0.0.1:0");
+            }
+        }
     }
 
     /// The running process's id.

@@ -11,7 +11,9 @@ use std::process::{Child, Command};
 use std::sync::{Mutex, OnceLock, mpsc};
 use std::time::{Duration, Instant};
 
-use super::process::{free_port, log_tail, spawn_bound, wait_for_port};
+use super::process::{
+    NotListening, free_port, log_tail, spawn_bound, start_listening, wait_listening,
+};
 
 /// A user the API server knows by bearer token.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -172,26 +174,30 @@ impl Testbed {
         Ok(tb)
     }
 
-    fn spawn(&self, name: &str, cmd: &mut Command) -> Result<PathBuf, String> {
-        let log = self.dir.join(format!("{name}.log"));
-        let child = spawn_bound(cmd, &log).map_err(|e| format!("cannot start {name}: {e}"))?;
+    /// Keeps `child` to stop with the test bed.
+    fn keep(&self, name: &str, child: std::process::Child) {
         self.children
             .lock()
             .unwrap()
             .push((name.to_string(), child));
-        Ok(log)
     }
 
     fn start_moto(mut self) -> Result<Self, String> {
-        let port = free_port();
-        let log = self.spawn(
-            "moto",
+        // Port 0: moto binds whatever port is free, and /proc tells which it took.
+        let log = self.dir.join("moto.log");
+        let mut child = spawn_bound(
             Command::new(&self.bins.moto_server)
-                .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+                .args(["-H", "127.0.0.1", "-p", "0"])
                 .env("MOTO_ALLOW_NONEXISTENT_REGION", "true"),
-        )?;
+            &log,
+        )
+        .map_err(|e| format!("cannot start moto: {e}"))?;
+        let port = wait_listening("moto", &mut child, None, Duration::from_secs(30), &log);
+        self.keep("moto", child);
+        let port = port.map_err(|e| match e {
+            NotListening::Exited(why) | NotListening::TimedOut(why) => why,
+        })?;
         self.moto_url = format!("http://127.0.0.1:{port}");
-        wait_for_port("moto", port, Duration::from_secs(30), &log)?;
         Ok(self)
     }
 
@@ -208,23 +214,27 @@ impl Testbed {
             )),
             false => self.dir.join("etcd-data"),
         };
-        let (client_port, peer_port) = (free_port(), free_port());
+        // etcd must be told its ports: a free one, checked to be etcd's own once it listens.
+        let etcd_log = self.dir.join("etcd.log");
+        let (etcd, client_port) =
+            start_listening("etcd", &etcd_log, Duration::from_secs(30), |client_port| {
+                let client_url = format!("http://127.0.0.1:{client_port}");
+                let peer_url = format!("http://127.0.0.1:{}", free_port());
+                let mut cmd = Command::new(&self.bins.etcd);
+                cmd.args([
+                    "--name=testbed",
+                    &format!("--data-dir={}", etcd_data.display()),
+                    &format!("--listen-client-urls={client_url}"),
+                    &format!("--advertise-client-urls={client_url}"),
+                    &format!("--listen-peer-urls={peer_url}"),
+                    &format!("--initial-advertise-peer-urls={peer_url}"),
+                    &format!("--initial-cluster=testbed={peer_url}"),
+                    "--log-level=warn",
+                ]);
+                cmd
+            })?;
+        self.keep("etcd", etcd);
         let client_url = format!("http://127.0.0.1:{client_port}");
-        let peer_url = format!("http://127.0.0.1:{peer_port}");
-        let etcd_log = self.spawn(
-            "etcd",
-            Command::new(&self.bins.etcd).args([
-                "--name=testbed",
-                &format!("--data-dir={}", etcd_data.display()),
-                &format!("--listen-client-urls={client_url}"),
-                &format!("--advertise-client-urls={client_url}"),
-                &format!("--listen-peer-urls={peer_url}"),
-                &format!("--initial-advertise-peer-urls={peer_url}"),
-                &format!("--initial-cluster=testbed={peer_url}"),
-                "--log-level=warn",
-            ]),
-        )?;
-        wait_for_port("etcd", client_port, Duration::from_secs(30), &etcd_log)?;
 
         let serving =
             portcullis::certs::serving_cert("kube-apiserver", &["127.0.0.1", "localhost"])
@@ -288,31 +298,35 @@ impl Testbed {
             )?
         };
 
-        let port = free_port();
-        let log = self.spawn(
-            "kube-apiserver",
-            Command::new(&self.bins.kube_apiserver).args([
-                &format!("--etcd-servers={client_url}"),
-                "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
-                &format!("--secure-port={port}"),
-                "--insecure-port=0",
-                &format!("--cert-dir={}", self.dir.join("certs").display()),
-                &format!("--tls-cert-file={}", cert.display()),
-                &format!("--tls-private-key-file={}", key.display()),
-                &format!("--token-auth-file={}", tokens.display()),
-                &format!("--service-account-key-file={}", sa_pub.display()),
-                &format!("--service-account-signing-key-file={}", sa_key.display()),
-                "--service-account-issuer=https://kubernetes.default.svc",
-                "--authorization-mode=RBAC",
-                &format!("--admission-control-config-file={}", admission.display()),
-                "--service-cluster-ip-range=10.96.0.0/24",
-                &format!("--audit-policy-file={}", audit_policy.display()),
-                &format!("--audit-log-path={}", self.dir.join(AUDIT_LOG).display()),
-                "--audit-log-mode=blocking",
-                "--v=1",
-            ]),
-        )?;
+        // The API server must be told its port: a free one, checked to be its own.
+        let log = self.dir.join("kube-apiserver.log");
+        let (apiserver, port) =
+            start_listening("kube-apiserver", &log, Duration::from_secs(60), |port| {
+                let mut cmd = Command::new(&self.bins.kube_apiserver);
+                cmd.args([
+                    &format!("--etcd-servers={client_url}"),
+                    "--bind-address=127.0.0.1",
+                    "--advertise-address=127.0.0.1",
+                    &format!("--secure-port={port}"),
+                    "--insecure-port=0",
+                    &format!("--cert-dir={}", self.dir.join("certs").display()),
+                    &format!("--tls-cert-file={}", cert.display()),
+                    &format!("--tls-private-key-file={}", key.display()),
+                    &format!("--token-auth-file={}", tokens.display()),
+                    &format!("--service-account-key-file={}", sa_pub.display()),
+                    &format!("--service-account-signing-key-file={}", sa_key.display()),
+                    "--service-account-issuer=https://kubernetes.default.svc",
+                    "--authorization-mode=RBAC",
+                    &format!("--admission-control-config-file={}", admission.display()),
+                    "--service-cluster-ip-range=10.96.0.0/24",
+                    &format!("--audit-policy-file={}", audit_policy.display()),
+                    &format!("--audit-log-path={}", self.dir.join(AUDIT_LOG).display()),
+                    "--audit-log-mode=blocking",
+                    "--v=1",
+                ]);
+                cmd
+            })?;
+        self.keep("kube-apiserver", apiserver);
         self.apiserver_url = format!("https://127.0.0.1:{port}");
         for user in USERS {
             write(
@@ -320,7 +334,6 @@ impl Testbed {
                 &kubeconfig(&self.apiserver_url, &serving.ca_pem, user),
             )?;
         }
-        wait_for_port("kube-apiserver", port, Duration::from_secs(60), &log)?;
         self.wait_ready(&log, Duration::from_secs(90))?;
         Ok(self)
     }

@@ -559,14 +559,23 @@ async fn hold_back_unfinalized(
             _ => None,
         })
         .collect();
+    // The admission webhook adds it to new requests; this is for those created without
+    // it (the webhook was bypassed, or the request predates it). Together, not in turn.
+    let mut lacking = Vec::new();
+    let mut adds = Vec::new();
+    for g in gathered.iter().filter(|g| opening.contains(&g.input.key)) {
+        if !g.object.finalizers().iter().any(|f| f == FINALIZER)
+            && g.object.metadata.deletion_timestamp.is_none()
+        {
+            lacking.push(g);
+            adds.push(add_finalizer(ctx, &g.object));
+        }
+    }
+    let results = futures::future::join_all(adds).await;
     let mut failed: BTreeSet<ObjectKey> = BTreeSet::new();
     let mut message = None;
-    for g in gathered.iter().filter(|g| opening.contains(&g.input.key)) {
-        let has = g.object.finalizers().iter().any(|f| f == FINALIZER);
-        if has || g.object.metadata.deletion_timestamp.is_some() {
-            continue;
-        }
-        if let Err(e) = add_finalizer(ctx, &g.object).await {
+    for (g, result) in lacking.into_iter().zip(results) {
+        if let Err(e) = result {
             warn!(request = %g.input.key, error = %e, "cannot add the finalizer; not opening this request now");
             message = Some(format!("waiting to add the finalizer: {e}"));
             failed.insert(g.input.key.clone());

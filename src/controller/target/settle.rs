@@ -57,8 +57,14 @@ impl<'a> Findings<'a> {
     }
 }
 
+/// How many of one run's API writes (statuses, finalizers) are in flight at once: one
+/// after another, a run of many requests spent most of its time waiting on the API server
+/// (the benchmark's burst).
+const WRITES_IN_FLIGHT: usize = 16;
+
 /// Writes the statuses of the target's requests (only what changed) and removes the
-/// finalizer of deleted requests once nothing of theirs is open.
+/// finalizer of deleted requests once nothing of theirs is open. The writes of different
+/// requests go out together, up to [`WRITES_IN_FLIGHT`] at a time.
 pub async fn settle(
     ctx: &Context,
     key: &TargetKey,
@@ -67,59 +73,107 @@ pub async fn settle(
     found: &Findings<'_>,
     mem: &mut Memory,
 ) {
+    use futures::StreamExt;
     let now = time(ctx.now());
-    for g in gathered {
-        let req = &g.object;
-        let old = req.status.clone().unwrap_or_default();
-        let mut s = status(decision, g, found, &old);
-        s.observed_generation = req.metadata.generation;
-        s.requester = g.requester.clone();
-        s.phase = Some(phase_of(&s.ports));
-        if s.phase == Some(Phase::Active) && s.granted_at.is_none() {
-            s.granted_at = Some(now.clone());
-        }
-        let finished = matches!(
-            s.phase,
-            Some(Phase::Expired | Phase::Revoked | Phase::Denied | Phase::Failed)
-        );
-        s.finished_at = if finished {
-            old.finished_at.clone().or(Some(now.clone()))
-        } else {
-            None
-        };
-        request_conditions(&mut s, req.metadata.generation, ctx);
-        let last = mem.written.get(&g.input.key).unwrap_or(&old);
-        if *last != s {
-            match write_request_status(ctx, req, &s).await {
-                Ok(()) => {
-                    announce(ctx, req, last, &s).await;
-                    mem.written.insert(g.input.key.clone(), s.clone());
-                }
-                Err(e) => {
-                    tracing::warn!(request = %g.input.key, error = %e, "cannot write the request's status")
-                }
+    let work: Vec<(&Gathered, AccessRequestStatus, bool)> = gathered
+        .iter()
+        .map(|g| {
+            let s = next_status(ctx, decision, g, found, &now);
+            let release = lets_go(g, &s, found);
+            (g, s, release)
+        })
+        .collect();
+    // A Vec of named futures, not a lazy map over closures: the latter's higher-ranked
+    // lifetimes keep the actor's future from being `Send`.
+    let mut writes = Vec::with_capacity(work.len());
+    for (g, s, release) in &work {
+        let old = g.object.status.clone().unwrap_or_default();
+        let last = mem.written.get(&g.input.key).cloned().unwrap_or(old);
+        writes.push(write_one(ctx, g, last, s, *release));
+    }
+    let done: Vec<_> = futures::stream::iter(writes)
+        .buffer_unordered(WRITES_IN_FLIGHT)
+        .collect()
+        .await;
+    mem.written.extend(done.into_iter().flatten());
+    tracing::debug!(target = %key, requests = gathered.len(), "requests settled");
+}
+
+/// Writes one request's status if it differs from the last written (and announces the
+/// change), then removes its finalizer when it may go; the status written.
+async fn write_one(
+    ctx: &Context,
+    g: &Gathered,
+    last: AccessRequestStatus,
+    s: &AccessRequestStatus,
+    release: bool,
+) -> Option<(crate::domain::ObjectKey, AccessRequestStatus)> {
+    let req = &g.object;
+    let mut wrote = None;
+    if last != *s {
+        match write_request_status(ctx, req, s).await {
+            Ok(()) => {
+                announce(ctx, req, &last, s).await;
+                wrote = Some((g.input.key.clone(), s.clone()));
+            }
+            Err(e) => {
+                tracing::warn!(request = %g.input.key, error = %e, "cannot write the request's status")
             }
         }
-        // A deleted request lets go once nothing of it is open.
-        let deleting = req.metadata.deletion_timestamp.is_some();
-        let holds_rules = found.observed.is_none_or(|o| {
-            let owner = stamp::owner_id(&g.input.key);
-            o.owned.iter().any(|r| r.stamp.owner == owner)
-        });
-        let open = s
-            .ports
-            .iter()
-            .any(|p| p.state == Phase::Active || p.state == Phase::Pending);
-        let never_opened = g.input.parsed.is_err();
-        if deleting
-            && req.finalizers().iter().any(|f| f == FINALIZER)
-            && (never_opened || (!open && !holds_rules))
-            && let Err(e) = remove_finalizer(ctx, req).await
-        {
-            tracing::warn!(request = %g.input.key, error = %e, "cannot remove the finalizer");
-        }
     }
-    tracing::debug!(target = %key, requests = gathered.len(), "requests settled");
+    if release && let Err(e) = remove_finalizer(ctx, req).await {
+        tracing::warn!(request = %g.input.key, error = %e, "cannot remove the finalizer");
+    }
+    wrote
+}
+
+/// A request's next status: from the decision and what the cloud shows, with its phase,
+/// times and conditions.
+fn next_status(
+    ctx: &Context,
+    decision: &Decision,
+    g: &Gathered,
+    found: &Findings<'_>,
+    now: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
+) -> AccessRequestStatus {
+    let req = &g.object;
+    let old = req.status.clone().unwrap_or_default();
+    let mut s = status(decision, g, found, &old);
+    s.observed_generation = req.metadata.generation;
+    s.requester = g.requester.clone();
+    s.phase = Some(phase_of(&s.ports));
+    if s.phase == Some(Phase::Active) && s.granted_at.is_none() {
+        s.granted_at = Some(now.clone());
+    }
+    let finished = matches!(
+        s.phase,
+        Some(Phase::Expired | Phase::Revoked | Phase::Denied | Phase::Failed)
+    );
+    s.finished_at = if finished {
+        old.finished_at.clone().or(Some(now.clone()))
+    } else {
+        None
+    };
+    request_conditions(&mut s, req.metadata.generation, ctx);
+    s
+}
+
+/// A deleted request lets go (its finalizer is removed) once nothing of it is open.
+fn lets_go(g: &Gathered, s: &AccessRequestStatus, found: &Findings<'_>) -> bool {
+    let req = &g.object;
+    let deleting = req.metadata.deletion_timestamp.is_some();
+    let holds_rules = found.observed.is_none_or(|o| {
+        let owner = stamp::owner_id(&g.input.key);
+        o.owned.iter().any(|r| r.stamp.owner == owner)
+    });
+    let open = s
+        .ports
+        .iter()
+        .any(|p| p.state == Phase::Active || p.state == Phase::Pending);
+    let never_opened = g.input.parsed.is_err();
+    deleting
+        && req.finalizers().iter().any(|f| f == FINALIZER)
+        && (never_opened || (!open && !holds_rules))
 }
 
 /// A request's status from the decision and what the cloud shows.

@@ -58,7 +58,6 @@ async fn irsa_credentials_come_from_a_service_account_token_through_sts() {
     std::fs::write(&token_file, token.status.and_then(|s| s.token).unwrap()).unwrap();
 
     let proxy = crate::support::ec2_proxy::Ec2Proxy::start(&tb.moto_url).await;
-    let (webhook_port, metrics_port) = (free_port(), free_port());
     let args: Vec<String> = vec![
         "run".into(),
         format!("--kubeconfig={}", tb.kubeconfig(ADMIN).display()),
@@ -66,10 +65,10 @@ async fn irsa_credentials_come_from_a_service_account_token_through_sts() {
         format!("--operator-namespace={ns}"),
         format!("--cluster-name={ns}"),
         "--resync=2s".into(),
-        format!("--webhook-listen=127.0.0.1:{webhook_port}"),
-        format!("--webhook-url=https://127.0.0.1:{webhook_port}"),
+        "--webhook-listen=127.0.0.1:0".into(),
+        "--webhook-url=https://127.0.0.1:0".into(),
         format!("--webhook-config-name=portcullis-{ns}"),
-        format!("--metrics-listen=127.0.0.1:{metrics_port}"),
+        "--metrics-listen=127.0.0.1:0".into(),
         "--no-leader-election".into(),
     ];
     let nowhere = tb.dir.join("no-such-aws-file").display().to_string();
@@ -89,14 +88,7 @@ async fn irsa_credentials_come_from_a_service_account_token_through_sts() {
     .iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect();
-    let op = Operator::start_exact(
-        tb,
-        &ns,
-        binary(),
-        args,
-        envs,
-        format!("http://127.0.0.1:{metrics_port}"),
-    );
+    let op = Operator::start_exact(tb, &ns, binary(), args, envs);
     wait_for_webhook(&client, &ns).await;
     let ec2 = aws::client(&tb.moto_url);
     aws_request_goes_active(&client, &ec2, &ns, "jit", "ssh").await;
@@ -246,7 +238,6 @@ async fn workload_identity_exchanges_a_service_account_token_for_arm_access() {
     // The operator with the environment the identity webhook gives a pod.
     let ca_file = tb.dir.join(format!("azure-cas-{ns}.pem"));
     std::fs::write(&ca_file, format!("{}{}", arm.ca_pem, entra.ca_pem)).unwrap();
-    let (webhook_port, metrics_port) = (free_port(), free_port());
     let args: Vec<String> = vec![
         "run".into(),
         format!("--kubeconfig={}", tb.kubeconfig(ADMIN).display()),
@@ -254,10 +245,10 @@ async fn workload_identity_exchanges_a_service_account_token_for_arm_access() {
         format!("--operator-namespace={ns}"),
         format!("--cluster-name={ns}"),
         "--resync=2s".into(),
-        format!("--webhook-listen=127.0.0.1:{webhook_port}"),
-        format!("--webhook-url=https://127.0.0.1:{webhook_port}"),
+        "--webhook-listen=127.0.0.1:0".into(),
+        "--webhook-url=https://127.0.0.1:0".into(),
         format!("--webhook-config-name=portcullis-{ns}"),
-        format!("--metrics-listen=127.0.0.1:{metrics_port}"),
+        "--metrics-listen=127.0.0.1:0".into(),
         "--no-leader-election".into(),
     ];
     let envs: Vec<(String, String)> = [
@@ -282,14 +273,7 @@ async fn workload_identity_exchanges_a_service_account_token_for_arm_access() {
     .map(|(k, v)| (k.to_string(), v))
     .collect();
     assert!(std::env::var_os("PORTCULLIS_ARM_TOKEN").is_none());
-    let op = Operator::start_exact(
-        tb,
-        &ns,
-        binary(),
-        args,
-        envs,
-        format!("http://127.0.0.1:{metrics_port}"),
-    );
+    let op = Operator::start_exact(tb, &ns, binary(), args, envs);
     wait_for_webhook(&client, &ns).await;
     let vm = arm.seed_vm_with_network("rg-jit", "vm1", "10.1.0.4");
     let policies: Api<JitPolicy> = Api::namespaced(client.clone(), &ns);

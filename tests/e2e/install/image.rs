@@ -124,24 +124,28 @@ async fn the_image_builds_here_and_its_entrypoint_runs_from_the_unpacked_rootfs(
         std::os::unix::fs::PermissionsExt::from_mode(0o644),
     )
     .unwrap();
-    let (webhook_port, metrics_port) = (free_port(), free_port());
     let args: Vec<String> = [
         "run".to_string(),
         "--kubeconfig=/tmp/kubeconfig".into(),
         format!("--namespace={ns}"),
         format!("--operator-namespace={ns}"),
         format!("--cluster-name={ns}"),
-        format!("--webhook-listen=127.0.0.1:{webhook_port}"),
-        format!("--webhook-url=https://127.0.0.1:{webhook_port}"),
+        "--webhook-listen=127.0.0.1:0".into(),
+        "--webhook-url=https://127.0.0.1:0".into(),
         format!("--webhook-config-name=portcullis-{ns}"),
-        format!("--metrics-listen=127.0.0.1:{metrics_port}"),
+        "--metrics-listen=127.0.0.1:0".into(),
     ]
     .into();
     let log = tb.dir.join(format!("operator-image-{ns}.log"));
     crate::support::process::watch_log("portcullis (image)", &log);
     let mut child = crate::support::process::spawn_bound(&mut in_rootfs(&args), &log)
         .expect("start from the rootfs");
-    let readyz = format!("http://127.0.0.1:{metrics_port}/readyz");
+    // Port 0: the operator names the port it bound in its log.
+    let metrics = eventually("the operator's metrics address", MINUTE, || async {
+        crate::support::process::logged_addr(&log, "serving /metrics, /healthz and /readyz")
+    })
+    .await;
+    let readyz = format!("http://{metrics}/readyz");
     eventually(
         "/readyz of the operator run from the image",
         MINUTE,

@@ -30,7 +30,6 @@ use crate::support::kube_helpers::{
     delete_and_wait_gone, eventually, namespace_named, wait_for_webhook,
 };
 use crate::support::operator::{Operator, binary, http_get};
-use crate::support::process::free_port;
 use crate::support::testbed::{ADMIN, Testbed, repo_root, run};
 
 pub(crate) const MINUTE: Duration = Duration::from_secs(60);
@@ -100,23 +99,21 @@ pub(super) async fn run_deployment(
 ) -> (Operator, String) {
     let d: Deployment = Api::namespaced(client.clone(), ns).get(name).await.unwrap();
     let c = d.spec.template.spec.unwrap().containers.remove(0);
-    let (webhook_port, metrics_port) = (free_port(), free_port());
-    let url = format!("https://127.0.0.1:{webhook_port}");
     let mut args: Vec<String> = c
         .args
         .unwrap_or_default()
         .into_iter()
         .map(|a| {
             if a.starts_with("--webhook-listen=") {
-                format!("--webhook-listen=127.0.0.1:{webhook_port}")
+                "--webhook-listen=127.0.0.1:0".into()
             } else if a.starts_with("--metrics-listen=") {
-                format!("--metrics-listen=127.0.0.1:{metrics_port}")
+                "--metrics-listen=127.0.0.1:0".into()
             } else {
                 a
             }
         })
         .collect();
-    args.push(format!("--webhook-url={url}"));
+    args.push("--webhook-url=https://127.0.0.1:0".into());
     args.push(format!("--kubeconfig={}", kubeconfig.display()));
     let envs: Vec<(String, String)> = c
         .env
@@ -132,13 +129,10 @@ pub(super) async fn run_deployment(
             (e.name, value)
         })
         .collect();
-    let op = Operator::start_exact(
-        tb,
-        pod,
-        binary(),
-        args,
-        envs,
-        format!("http://127.0.0.1:{metrics_port}"),
+    let op = Operator::start_exact(tb, pod, binary(), args, envs);
+    let url = format!(
+        "https://127.0.0.1:{}",
+        op.webhook_port.expect("the webhook's port")
     );
     (op, url)
 }

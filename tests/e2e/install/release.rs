@@ -362,7 +362,6 @@ async fn patch_ca_mode_never_creates_webhook_configurations() {
     tb.install_crds().expect("CRDs install");
     let client = tb.client(ADMIN).await;
     let ns = crate::support::kube_helpers::namespace(&client, "patchca").await;
-    let port = free_port();
     let name = format!("portcullis-{ns}");
     // As the cluster admin: only the mode keeps it from creating them.
     let op = Operator::start_with(
@@ -372,9 +371,9 @@ async fn patch_ca_mode_never_creates_webhook_configurations() {
         "1s",
         vec![
             "--webhook-listen".into(),
-            format!("127.0.0.1:{port}"),
+            "127.0.0.1:0".to_string(),
             "--webhook-url".into(),
-            format!("https://127.0.0.1:{port}"),
+            "https://127.0.0.1:0".to_string(),
             "--webhook-config-name".into(),
             name.clone(),
             "--webhook-registration".into(),
