@@ -61,6 +61,12 @@ impl AwsBackend {
     /// IRSA, instance metadata); `AWS_ENDPOINT_URL` points it at moto or LocalStack.
     /// `cluster` names this installation in the tags of the groups it creates.
     pub async fn from_env(cluster: &str) -> Self {
+        Self::from_env_with_attempt_timeout(cluster, Duration::from_secs(20)).await
+    }
+
+    /// Like [`AwsBackend::from_env`], with a call attempt retried after `attempt_timeout`
+    /// (the scan's whole-account listings want more than a target run's calls).
+    pub async fn from_env_with_attempt_timeout(cluster: &str, attempt_timeout: Duration) -> Self {
         let cluster = stamp::cluster_id(cluster);
         let base = aws_config::defaults(BehaviorVersion::latest())
             .retry_config(
@@ -71,13 +77,11 @@ impl AwsBackend {
             )
             // Without an attempt timeout a connection the cloud (or a proxy) holds open
             // stalls the target's run, and its status, for as long as it is held (the
-            // chaos run's held calls); an attempt that takes this long is retried. It
-            // must leave room for a slow page of a large account's listing (the scan's
-            // 1,000-interface pages take seconds on a busy moto).
+            // chaos run's held calls); an attempt that takes this long is retried.
             .timeout_config(
                 aws_config::timeout::TimeoutConfig::builder()
                     .connect_timeout(Duration::from_secs(3))
-                    .operation_attempt_timeout(Duration::from_secs(20))
+                    .operation_attempt_timeout(attempt_timeout)
                     .build(),
             )
             .load()

@@ -31,8 +31,15 @@ impl AwsScanner {
     /// A scanner on aws-config's default chain (`AWS_ENDPOINT_URL` points it at moto).
     pub async fn from_env() -> AwsScanner {
         // The cluster name only tags what the backend creates; the scan creates nothing.
+        // Its listings run together and a page holds 1,000 items: on a busy endpoint one
+        // takes tens of seconds (moto with 2,000 instances took > 20 s under load, and
+        // the retry doubled the calls), so an attempt gets two minutes.
         AwsScanner {
-            backend: AwsBackend::from_env("scan").await,
+            backend: AwsBackend::from_env_with_attempt_timeout(
+                "scan",
+                std::time::Duration::from_secs(120),
+            )
+            .await,
         }
     }
 
