@@ -99,7 +99,7 @@ pub struct Context {
     pub clock: Clock,
     /// All policies (the policy controller's cache).
     pub policies: Store<JitPolicy>,
-    /// All requests (the request controller's cache).
+    /// All requests, as the policy controller's request watch saw them (see `run`).
     pub requests: Store<AccessRequest>,
     /// Publishes Kubernetes events.
     pub recorder: Recorder,
@@ -221,11 +221,22 @@ pub async fn run(
                 .combine(|p: &JitPolicy| Some(u64::from(p.metadata.deletion_timestamp.is_some()))),
             PredicateConfig::default(),
         );
+    // The requests the policy reconciles and the target runs read are the store this
+    // watch fills, before it passes the change on: a reconcile a request change triggers
+    // sees that change. (Reading the request controller's own store, a deletion could
+    // trigger a reconcile that did not see it yet, and the request was only closed at
+    // the next resync: the benchmark's 20 s delete.)
+    let (request_writer, request_view) = {
+        let w = reflector::store::Writer::<AccessRequest>::default();
+        let r = w.as_reader();
+        (w, r)
+    };
     let request_changes = watcher(
         requests_api.clone(),
         watcher::Config::default().any_semantic(),
     )
     .default_backoff()
+    .reflect(request_writer)
     .applied_objects()
     .predicate_filter(request_inputs, PredicateConfig::default());
     let policy_controller = Controller::for_stream(policy_changes, policies.clone())
@@ -247,7 +258,7 @@ pub async fn run(
         settings,
         clock,
         policies,
-        requests: request_controller.store(),
+        requests: request_view,
         policy_trigger,
         stamp_key,
         outcomes: Mutex::new(HashMap::new()),

@@ -212,12 +212,13 @@ async fn live(
             // permit, every due grant is the closer's.
             let started = AtomicI64::new(i64::MIN);
             let run = async {
-                let _permit = permits
-                    .acquire()
+                let permit = permits
+                    .clone()
+                    .acquire_owned()
                     .await
                     .expect("the semaphore is never closed");
                 started.store((ctx.now() + RUN_SLACK).as_millisecond(), Ordering::SeqCst);
-                run::run(&ctx, &key, &mut memory).await
+                run::run(&ctx, &key, &mut memory, permit).await
             };
             tokio::pin!(run);
             // A grant that comes due while the run waits for a permit, reads or writes is

@@ -61,13 +61,16 @@ impl Memory {
 }
 
 /// Runs the target once; the outcome for the policy's status and when to run next.
+/// `permit` is the run's share of `--concurrency`: it is let go once the cloud work is
+/// done, so that the request statuses it writes hold no other target back.
 pub(super) async fn run(
     ctx: &Arc<Context>,
     key: &TargetKey,
     mem: &mut Memory,
+    permit: tokio::sync::OwnedSemaphorePermit,
 ) -> Result<(Outcome, Next), Error> {
     let started = std::time::Instant::now();
-    let result = run_steps(ctx, key, mem).await;
+    let result = run_steps(ctx, key, mem, permit).await;
     metrics::reconcile(
         "target",
         match &result {
@@ -87,6 +90,7 @@ async fn run_steps(
     ctx: &Arc<Context>,
     key: &TargetKey,
     mem: &mut Memory,
+    permit: tokio::sync::OwnedSemaphorePermit,
 ) -> Result<(Outcome, Next), Error> {
     let now = ctx.now();
     let policy_ref = ObjectRef::<JitPolicy>::new(&key.policy.name).within(&key.policy.namespace);
@@ -283,6 +287,8 @@ async fn run_steps(
         firewall: fw.as_ref(),
         denied: None,
     };
+    // The cloud work is done: the statuses wait on the API server only.
+    drop(permit);
     settle::settle(ctx, key, &decision, &gathered, &found, mem).await;
 
     mem.last_seen = report.verified.clone();
